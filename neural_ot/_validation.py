@@ -1,0 +1,125 @@
+"""Input checks for public entry points: clear errors naming the argument."""
+
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+
+def is_concrete(*xs) -> bool:
+  """True when no argument is a tracer (checks on values are only possible then)."""
+  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(xs))
+
+
+def as_float_array(x, name: str, ndim: int | None = None):
+  if x is None:
+    raise ValueError(f"`{name}` is required, got None.")
+  if not isinstance(x, jax.core.Tracer):
+    arr = np.asarray(x) if not isinstance(x, jax.Array) else x
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+      raise TypeError(f"`{name}` must be a numeric array, got dtype {arr.dtype}.")
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.float32)
+  if ndim is not None and x.ndim != ndim:
+    raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {tuple(x.shape)}.")
+  return x
+
+
+def check_finite(x, name: str):
+  if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+    bad = int(jnp.sum(~jnp.isfinite(x)))
+    raise ValueError(f"`{name}` must be finite, but it has {bad} NaN or inf entries.")
+
+
+def check_points(x, name: str):
+  x = as_float_array(x, name, ndim=2)
+  if x.shape[0] == 0:
+    raise ValueError(f"`{name}` must hold at least one point, got shape {tuple(x.shape)}.")
+  if x.shape[1] == 0:
+    raise ValueError(f"`{name}` must have dimension d >= 1, got shape {tuple(x.shape)}.")
+  check_finite(x, name)
+  return x
+
+
+def check_weights(w, n: int, name: str, points_name: str, balanced: bool, dtype):
+  if w is None:
+    return jnp.full((n,), 1.0 / n, dtype)
+  w = as_float_array(w, name, ndim=1).astype(dtype)
+  if w.shape[0] != n:
+    raise ValueError(
+        f"`{name}` must have shape ({n},) to match `{points_name}`, got {tuple(w.shape)}.")
+  if is_concrete(w):
+    check_finite(w, name)
+    if bool(jnp.any(w < 0)):
+      raise ValueError(f"`{name}` must be non-negative, got min {float(jnp.min(w)):.3g}.")
+    total = float(jnp.sum(w))
+    if total <= 0:
+      raise ValueError(f"`{name}` must have positive total mass, got {total:.3g}.")
+    if balanced and abs(total - 1.0) > 1e-4:
+      raise ValueError(
+          f"`{name}` must sum to 1 for a balanced problem, got {total:.6g} "
+          "(normalise it, or set rho_a/rho_b for unbalanced OT).")
+  return w
+
+
+def check_epsilon(epsilon):
+  if epsilon is None:
+    raise ValueError("`epsilon` is required (a positive float).")
+  if is_concrete(epsilon):
+    e = np.asarray(epsilon)
+    if e.shape != () or not np.isfinite(e) or not e > 0:
+      raise ValueError(f"`epsilon` must be a positive finite scalar, got {epsilon!r}.")
+  return epsilon
+
+
+def check_problem(x, y, a, b, epsilon, init, balanced: bool):
+  x = check_points(x, "x")
+  y = check_points(y, "y")
+  if x.shape[1] != y.shape[1]:
+    raise ValueError(
+        f"`x` and `y` must have the same dimension d, got x: {tuple(x.shape)} and "
+        f"y: {tuple(y.shape)}.")
+  dtype = jnp.promote_types(x.dtype, y.dtype)
+  x, y = x.astype(dtype), y.astype(dtype)
+  a = check_weights(a, x.shape[0], "a", "x", balanced, dtype)
+  b = check_weights(b, y.shape[0], "b", "y", balanced, dtype)
+  check_epsilon(epsilon)
+  if init is not None:
+    if not isinstance(init, (tuple, list)) or len(init) != 2:
+      raise ValueError(f"`init` must be a pair (f, g) (either may be None), got {type(init).__name__}.")
+    f0, g0 = init
+    if f0 is not None:
+      f0 = as_float_array(f0, "init[0] (f)", ndim=1).astype(dtype)
+      if f0.shape[0] != x.shape[0]:
+        raise ValueError(f"`init[0]` (f) must have shape ({x.shape[0]},), got {tuple(f0.shape)}.")
+      check_finite(f0, "init[0] (f)")
+    if g0 is not None:
+      g0 = as_float_array(g0, "init[1] (g)", ndim=1).astype(dtype)
+      if g0.shape[0] != y.shape[0]:
+        raise ValueError(f"`init[1]` (g) must have shape ({y.shape[0]},), got {tuple(g0.shape)}.")
+      check_finite(g0, "init[1] (g)")
+    init = (f0, g0)
+  return x, y, a, b, epsilon, init
+
+
+def check_config(solver):
+  if not (isinstance(solver.tol, (int, float)) and solver.tol > 0):
+    raise ValueError(f"`tol` must be a positive float, got {solver.tol!r}.")
+  if not (isinstance(solver.max_iters, int) and solver.max_iters >= 1):
+    raise ValueError(f"`max_iters` must be a positive int, got {solver.max_iters!r}.")
+  for name in ("rho_a", "rho_b"):
+    v = getattr(solver, name)
+    if v is not None and not (isinstance(v, (int, float)) and v > 0):
+      raise ValueError(f"`{name}` must be None (balanced) or a positive float, got {v!r}.")
+  if not 1.0 <= solver.momentum < 2.0:
+    raise ValueError(f"`momentum` must be in [1, 2), got {solver.momentum!r}.")
+  if not solver.epsilon_init_factor >= 1.0:
+    raise ValueError(f"`epsilon_init_factor` must be >= 1, got {solver.epsilon_init_factor!r}.")
+  if not 0.0 < solver.epsilon_decay < 1.0:
+    raise ValueError(f"`epsilon_decay` must be in (0, 1), got {solver.epsilon_decay!r}.")
+  if not (isinstance(solver.tile_size, int) and solver.tile_size >= 1):
+    raise ValueError(f"`tile_size` must be a positive int, got {solver.tile_size!r}.")
+  if solver.online not in (None, True, False):
+    raise ValueError(f"`online` must be None (auto), True or False, got {solver.online!r}.")

@@ -1,0 +1,151 @@
+"""Two point clouds and a cost, with the kernel reductions Sinkhorn needs.
+
+All reductions are written in terms of *folded* potentials ``u: (n,)`` and
+``v: (m,)`` (potential plus ``eps * log weight``), so that the entropic plan is
+``P_ij = exp((u_i + v_j - C_ij) / eps)``. Zero weights give ``-inf`` entries and
+drop out of every sum (this is how padding works).
+
+Dense mode materialises the ``(n, m)`` cost matrix once. Online mode never
+does: it recomputes cost tiles of ``tile_size`` rows (or columns) against the
+whole other cloud, so memory is ``O(tile_size * max(n, m) + (n + m) d)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from neural_ot.geometry import costs as costs_lib
+
+__all__ = ["PointCloud", "ONLINE_AUTO_THRESHOLD"]
+
+# Above this many cost entries, ``online=None`` (auto) switches to tiles.
+ONLINE_AUTO_THRESHOLD = 4096 * 4096
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PointCloud:
+  """Point clouds ``x: (n, d)``, ``y: (m, d)`` with a ground cost.
+
+  Attributes:
+    x: source points ``(n, d)``.
+    y: target points ``(m, d)``.
+    cost_matrix: the ``(n, m)`` cost in dense mode, ``None`` online.
+    cost: a :class:`~neural_ot.geometry.costs.Cost` (static).
+    online: whether cost tiles are recomputed on the fly (static).
+    tile_size: rows (or columns) per tile in online mode (static).
+  """
+
+  x: jax.Array
+  y: jax.Array
+  cost_matrix: jax.Array | None
+  cost: costs_lib.Cost = dataclasses.field(metadata=dict(static=True))
+  online: bool = dataclasses.field(metadata=dict(static=True))
+  tile_size: int = dataclasses.field(metadata=dict(static=True))
+
+  @classmethod
+  def create(cls, x, y, cost=None, online: bool | None = None, tile_size: int = 256):
+    cost = costs_lib.as_cost(cost)
+    n, m = x.shape[0], y.shape[0]
+    if online is None:
+      online = n * m > ONLINE_AUTO_THRESHOLD
+    cmat = None if online else cost.pairwise(x, y)
+    return cls(x=x, y=y, cost_matrix=cmat, cost=cost, online=bool(online),
+               tile_size=int(tile_size))
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return self.x.shape[0], self.y.shape[0]
+
+  def materialize(self) -> jax.Array:
+    """The ``(n, m)`` cost matrix (computed if online)."""
+    if self.cost_matrix is not None:
+      return self.cost_matrix
+    return self.cost.pairwise(self.x, self.y)
+
+  def mean_cost(self, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``sum_ij a_i b_j C_ij``, without forming ``C`` when the cost allows."""
+    if self.cost_matrix is not None:
+      return a @ self.cost_matrix @ b
+
+    def generic():
+      zero_a = jnp.zeros_like(a)
+      zero_b = jnp.zeros_like(b)
+      wc = self._reduce(zero_a, jnp.log(b), 1.0, axis=1, kind="wcost_lin")
+      return a @ wc
+
+    return self.cost.mean(self.x, self.y, a, b, generic)
+
+  # --- reductions ---------------------------------------------------------
+
+  def _reduce(self, u, v, eps, axis: int, kind: str, vec=None):
+    """Reduce ``Z_ij = (u_i + v_j - C_ij) / eps`` along ``axis``.
+
+    kinds: ``sum`` -> sum exp(Z); ``lse`` -> logsumexp(Z); ``apply`` ->
+    sum exp(Z) * vec (vec indexed by the reduced axis, shape (k,) or (k, p));
+    ``wcost`` -> sum exp(Z) * C; ``wcost_lin`` -> sum exp(v) * C (mean cost).
+    The result is indexed by the kept axis.
+    """
+
+    def block(cmat, u_blk, v_blk):
+      # cmat is (rows, cols) with rows = u's index and cols = v's index.
+      if kind == "wcost_lin":
+        w = jnp.exp(v_blk)
+        return (cmat @ w) if axis == 1 else (w @ cmat)
+      z = (u_blk[:, None] + v_blk[None, :] - cmat) / eps
+      if kind == "lse":
+        return jax.nn.logsumexp(z, axis=axis)
+      ez = jnp.exp(z)
+      if kind == "sum":
+        return jnp.sum(ez, axis=axis)
+      if kind == "wcost":
+        return jnp.sum(ez * cmat, axis=axis)
+      if kind == "apply":
+        return jnp.tensordot(ez, vec, axes=((axis,), (0,))) if axis == 1 else \
+            jnp.tensordot(ez, vec, axes=((0,), (0,)))
+      raise ValueError(kind)
+
+    if not self.online:
+      return block(self.cost_matrix, u, v)
+
+    # Online: tile the kept axis; each tile sees the whole reduced axis.
+    if axis == 1:
+      keep_pts, keep_pot, red_pts, red_pot = self.x, u, self.y, v
+    else:
+      keep_pts, keep_pot, red_pts, red_pot = self.y, v, self.x, u
+    k = keep_pts.shape[0]
+    t = min(self.tile_size, k)
+    nb = math.ceil(k / t)
+    pad = nb * t - k
+    pts = jnp.pad(keep_pts, ((0, pad), (0, 0))).reshape(nb, t, -1)
+    pot = jnp.pad(keep_pot, (0, pad)).reshape(nb, t)
+
+    @jax.checkpoint
+    def tile(args):
+      p, q = args
+      if axis == 1:
+        return block(self.cost.pairwise(p, red_pts), q, red_pot)
+      return block(self.cost.pairwise(red_pts, p), red_pot, q)
+
+    out = jax.lax.map(tile, (pts, pot))
+    return out.reshape((nb * t,) + out.shape[2:])[:k]
+
+  def kernel_sum(self, u, v, eps, axis: int):
+    """``sum exp((u_i + v_j - C_ij)/eps)`` over ``axis`` (single pass, unstabilised)."""
+    return self._reduce(u, v, eps, axis, "sum")
+
+  def lse(self, u, v, eps, axis: int):
+    """``logsumexp((u_i + v_j - C_ij)/eps)`` over ``axis`` (stable)."""
+    return self._reduce(u, v, eps, axis, "lse")
+
+  def apply_plan(self, u, v, eps, vec, axis: int):
+    """``P @ vec`` (axis=1) or ``P.T @ vec`` (axis=0), ``P = exp((u + v^T - C)/eps)``."""
+    return self._reduce(u, v, eps, axis, "apply", vec)
+
+  def plan_cost_rows(self, u, v, eps):
+    """``sum_j P_ij C_ij`` for each row ``i``."""
+    return self._reduce(u, v, eps, 1, "wcost")

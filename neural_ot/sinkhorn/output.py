@@ -1,0 +1,102 @@
+"""The immutable result of a Sinkhorn solve."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from neural_ot.geometry.pointcloud import PointCloud
+
+__all__ = ["SinkhornOutput"]
+
+
+def _safe_log(w):
+  return jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
+
+
+class SinkhornOutput(NamedTuple):
+  """Result of :func:`neural_ot.sinkhorn`.
+
+  Conventions: ``P_ij = a_i b_j exp((f_i + g_j - C_ij) / epsilon)`` (weights are
+  *not* folded into the potentials; ott-jax's potentials equal
+  ``f + epsilon * log(a)`` and ``g + epsilon * log(b)``).
+
+  Which number estimates ``W_2^2`` (with the default cost ``|x - y|^2``)?
+    * ``reg_ot_cost`` is the entropic OT value
+      ``min_P <P, C> + eps KL(P | a b^T)`` (the dual objective at ``f, g``). It is
+      biased upwards by the entropy term and is what gradients usually target.
+    * ``primal_cost`` is ``<P, C>``, the transport cost of the blurred plan; it
+      is ``>= W_2^2`` up to the marginal error and tends to it as ``eps -> 0``.
+    * :func:`neural_ot.sinkhorn_divergence` (debiased) is the best estimate of
+      ``W_2^2`` at a fixed ``eps``; ``S_eps -> W_2^2`` as ``eps -> 0``.
+
+  Attributes:
+    f: ``(n,)`` source potential.
+    g: ``(m,)`` target potential.
+    reg_ot_cost: entropic OT cost (dual objective value).
+    n_iters: number of Sinkhorn iterations run.
+    converged: whether ``marginal_error < tol`` was reached.
+    marginal_error: L1 marginal error of the returned plan (for unbalanced
+      problems: the L1 residual of the fixed-point equations).
+    errors: per-iteration marginal errors (``(max_iters,)``, ``-1`` after the
+      stop) when the solver was asked to record them, else ``None``.
+    geom: the :class:`PointCloud` solved on.
+    a, b: the weights.
+    epsilon: the absolute regularisation used.
+  """
+
+  f: jax.Array
+  g: jax.Array
+  reg_ot_cost: jax.Array
+  n_iters: jax.Array
+  converged: jax.Array
+  marginal_error: jax.Array
+  errors: jax.Array | None
+  geom: PointCloud
+  a: jax.Array
+  b: jax.Array
+  epsilon: jax.Array
+
+  @property
+  def _folded(self):
+    return (self.f + self.epsilon * _safe_log(self.a),
+            self.g + self.epsilon * _safe_log(self.b))
+
+  def apply(self, vec: jax.Array, axis: int = 1) -> jax.Array:
+    """``P @ vec`` (``axis=1``, vec ``(m,)`` or ``(m, k)``) or ``P.T @ vec``
+    (``axis=0``, vec ``(n,)`` or ``(n, k)``) without forming ``P`` in online mode."""
+    u, v = self._folded
+    return self.geom.apply_plan(u, v, self.epsilon, vec, axis)
+
+  @property
+  def marginals(self) -> tuple[jax.Array, jax.Array]:
+    """``(P 1, P^T 1)``."""
+    u, v = self._folded
+    r = jnp.exp(self.geom.lse(u, v, self.epsilon, axis=1))
+    c = jnp.exp(self.geom.lse(u, v, self.epsilon, axis=0))
+    return r, c
+
+  @property
+  def matrix(self) -> jax.Array:
+    """The dense ``(n, m)`` transport plan (only for problems that fit in memory)."""
+    u, v = self._folded
+    return jnp.exp((u[:, None] + v[None, :] - self.geom.materialize()) / self.epsilon)
+
+  @property
+  def primal_cost(self) -> jax.Array:
+    """``<P, C>``: the transport cost of the entropic plan (see class docs)."""
+    u, v = self._folded
+    return jnp.sum(self.geom.plan_cost_rows(u, v, self.epsilon))
+
+  @property
+  def transport_mass(self) -> jax.Array:
+    """Total mass of the plan (1 for balanced problems)."""
+    return jnp.sum(self.marginals[0])
+
+  def barycentric_map(self) -> jax.Array:
+    """Barycentric projection ``T(x_i) = sum_j P_ij y_j / sum_j P_ij``, shape ``(n, d)``."""
+    num = self.apply(self.geom.y, axis=1)
+    den = self.apply(jnp.ones(self.geom.shape[1], self.f.dtype), axis=1)
+    return num / den[:, None]
