@@ -113,8 +113,9 @@ def check_config(solver):
     v = getattr(solver, name)
     if v is not None and not (isinstance(v, (int, float)) and v > 0):
       raise ValueError(f"`{name}` must be None (balanced) or a positive float, got {v!r}.")
-  if not 1.0 <= solver.momentum < 2.0:
-    raise ValueError(f"`momentum` must be in [1, 2), got {solver.momentum!r}.")
+  if solver.momentum != "auto" and not (
+      isinstance(solver.momentum, (int, float)) and 1.0 <= solver.momentum < 2.0):
+    raise ValueError(f"`momentum` must be \"auto\" or a float in [1, 2), got {solver.momentum!r}.")
   if not solver.epsilon_init_factor >= 1.0:
     raise ValueError(f"`epsilon_init_factor` must be >= 1, got {solver.epsilon_init_factor!r}.")
   if not 0.0 < solver.epsilon_decay < 1.0:

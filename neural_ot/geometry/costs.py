@@ -42,9 +42,13 @@ class SqEuclidean(Cost):
   """
 
   def pairwise(self, x, y):
-    if x.shape[-1] <= 4:
-      # Small d: differences are exact and cheap (no cancellation).
-      return jnp.sum((x[:, None, :] - y[None, :, :]) ** 2, axis=-1)
+    if x.shape[-1] <= 8:
+      # Small d: a sum of 2-D broadcasts is exact (no cancellation) and fuses
+      # into the consumer's exp-sum (a 3-D (n, m, d) difference does not).
+      c = (x[:, 0, None] - y[None, :, 0]) ** 2
+      for k in range(1, x.shape[-1]):
+        c = c + (x[:, k, None] - y[None, :, k]) ** 2
+      return c
     xx = jnp.sum(x * x, axis=-1)
     yy = jnp.sum(y * y, axis=-1)
     xy = jnp.matmul(x, y.T, precision=_HIGHEST)

@@ -26,6 +26,21 @@ __all__ = ["PointCloud", "ONLINE_AUTO_THRESHOLD"]
 ONLINE_AUTO_THRESHOLD = 4096 * 4096
 
 
+def _lse(z, axis):
+  """Log-sum-exp (not for differentiation).
+
+  The output shift is computed as ``-min(-z)`` rather than reusing the
+  ``max(z)`` that stabilises the exponentials: if the same reduction feeds both
+  the exp-sum and the output, XLA:CPU builds a multi-output fusion that runs
+  about 4x slower (20 ms instead of 5 ms for 4000 x 4000 on 2 cores).
+  """
+  sg = jax.lax.stop_gradient
+  m = sg(jnp.max(z, axis=axis, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  s = jnp.sum(jnp.exp(z - m), axis=axis)
+  return jnp.log(s) + sg(-jnp.min(-z, axis=axis))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PointCloud:
@@ -91,6 +106,11 @@ class PointCloud:
     The result is indexed by the kept axis.
     """
 
+    # Give every reduction its own copies of u, v, eps: otherwise XLA:CPU shares
+    # their (n, m) broadcasts between the two passes of an iteration and
+    # materialises them, which halves the speed of a Sinkhorn iteration.
+    u, v, eps = jax.lax.optimization_barrier((u, v, jnp.asarray(eps)))
+
     def block(cmat, u_blk, v_blk):
       # cmat is (rows, cols) with rows = u's index and cols = v's index.
       if kind == "wcost_lin":
@@ -98,7 +118,7 @@ class PointCloud:
         return (cmat @ w) if axis == 1 else (w @ cmat)
       z = (u_blk[:, None] + v_blk[None, :] - cmat) / eps
       if kind == "lse":
-        return jax.nn.logsumexp(z, axis=axis)
+        return _lse(z, axis)
       ez = jnp.exp(z)
       if kind == "sum":
         return jnp.sum(ez, axis=axis)
@@ -109,7 +129,9 @@ class PointCloud:
             jnp.tensordot(ez, vec, axes=((0,), (0,)))
       raise ValueError(kind)
 
-    if not self.online:
+    # Dense LSE also runs in tiles (recomputing cost tiles): a whole-matrix
+    # LSE materialises the (n, m) exponent and is 2-3x slower on CPU.
+    if not self.online and kind != "lse":
       return block(self.cost_matrix, u, v)
 
     # Online: tile the kept axis; each tile sees the whole reduced axis.
