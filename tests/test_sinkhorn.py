@@ -1,0 +1,330 @@
+"""Sinkhorn against ott-jax, POT, exact LP, 1-D sorting, finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot
+import pytest
+from hypothesis import given, settings, strategies as st
+from ott.geometry import pointcloud as ott_pc
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import sinkhorn as ott_sinkhorn
+
+import neural_ot
+from neural_ot.sinkhorn import solver as solver_lib
+
+
+def _problem(n=40, m=30, d=2, seed=0, weighted=True):
+  k = jax.random.split(jax.random.PRNGKey(seed), 4)
+  x = jax.random.normal(k[0], (n, d))
+  y = 0.7 * jax.random.normal(k[1], (m, d)) + 1.0
+  a = jax.random.uniform(k[2], (n,)) + 0.2 if weighted else jnp.ones(n)
+  b = jax.random.uniform(k[3], (m,)) + 0.2 if weighted else jnp.ones(m)
+  return x, y, a / a.sum(), b / b.sum()
+
+
+def _ott(x, y, a, b, eps, **kw):
+  geom = ott_pc.PointCloud(x, y, epsilon=eps)
+  return ott_sinkhorn.Sinkhorn(threshold=1e-7, max_iterations=20000)(
+      linear_problem.LinearProblem(geom, a, b, **kw)), geom
+
+
+def _centered(v):
+  return v - jnp.mean(v)
+
+
+@pytest.mark.parametrize("online", [False, True])
+@pytest.mark.parametrize("d", [2, 5])
+def test_matches_ott(online, d):
+  x, y, a, b = _problem(d=d)
+  eps = 0.1
+  ours = neural_ot.sinkhorn(x, y, a, b, epsilon=eps, tol=1e-5, online=online, tile_size=16)
+  ref, _ = _ott(x, y, a, b, eps)
+  assert bool(ours.converged)
+  np.testing.assert_allclose(ours.reg_ot_cost, ref.reg_ot_cost, rtol=1e-4)
+  # ott folds the weights into its potentials.
+  np.testing.assert_allclose(_centered(ours.f + eps * jnp.log(a)), _centered(ref.f), atol=1e-4)
+  np.testing.assert_allclose(_centered(ours.g + eps * jnp.log(b)), _centered(ref.g), atol=1e-4)
+  np.testing.assert_allclose(ours.matrix, ref.matrix, atol=1e-6)
+
+
+def test_primal_cost_matches_pot_sinkhorn2_and_emd():
+  x, y, a, b = _problem(n=30, m=25)
+  C = np.asarray(neural_ot.SqEuclidean().pairwise(x, y), np.float64)
+  an, bn = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  eps = 0.05
+  ours = neural_ot.sinkhorn(x, y, a, b, epsilon=eps, tol=1e-6)
+  pot = ot.sinkhorn2(an, bn, C, eps, method="sinkhorn_log", stopThr=1e-10, numItermax=100000)
+  np.testing.assert_allclose(ours.primal_cost, pot, rtol=1e-4)
+  # Small epsilon: the entropic primal cost approaches the exact LP value.
+  emd = ot.emd2(an, bn, C)
+  small = neural_ot.sinkhorn(x, y, a, b, epsilon=1e-3, relative_epsilon=True, tol=1e-4,
+                             max_iters=20000)
+  assert bool(small.converged)
+  np.testing.assert_allclose(small.primal_cost, emd, rtol=5e-3)
+  assert float(small.primal_cost) >= emd * (1 - 1e-3)
+
+
+def test_unbalanced_matches_pot_plan_and_primal_objective():
+  x, y, a, b = _problem(n=25, m=20)
+  a = a * 1.3  # unbalanced: masses may differ
+  eps, ra, rb = 0.1, 1.0, 2.0
+  ours = neural_ot.sinkhorn(x, y, a, b, epsilon=eps, tol=1e-6, rho_a=ra, rho_b=rb)
+  assert bool(ours.converged)
+  C = np.asarray(neural_ot.SqEuclidean().pairwise(x, y), np.float64)
+  an, bn = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  P = ot.unbalanced.sinkhorn_unbalanced(an, bn, C, eps, [ra, rb], numItermax=100000,
+                                        stopThr=1e-13)
+  np.testing.assert_allclose(ours.matrix, P, atol=1e-6)
+
+  def kl(p, q):
+    return np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300) / q), 0.0) - p + q)
+
+  primal = (np.sum(P * C) + eps * kl(P, an[:, None] * bn[None]) + ra * kl(P.sum(1), an)
+            + rb * kl(P.sum(0), bn))
+  # Strong duality: the dual value we report equals the primal objective.
+  np.testing.assert_allclose(ours.reg_ot_cost, primal, rtol=1e-4)
+
+
+def test_one_sided_unbalanced_keeps_target_marginal():
+  x, y, a, b = _problem()
+  out = neural_ot.sinkhorn(x, y, 2.0 * a, b, epsilon=0.1, rho_a=0.5, tol=1e-6)
+  np.testing.assert_allclose(out.marginals[1], b, atol=1e-5)
+
+
+def test_one_dimensional_ot_by_sorting():
+  k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+  x = jax.random.normal(k1, (50, 1))
+  y = 2.0 * jax.random.uniform(k2, (50, 1)) + 0.5
+  exact = float(jnp.mean((jnp.sort(x[:, 0]) - jnp.sort(y[:, 0])) ** 2))
+  div = neural_ot.sinkhorn_divergence(x, y, epsilon=1e-3, relative_epsilon=True, tol=1e-5,
+                                      max_iters=20000)
+  np.testing.assert_allclose(div, exact, rtol=2e-2)
+
+
+def test_entropic_gaussian_closed_form():
+  """Entropic OT between 1-D Gaussians N(0, A) -> N(mu, B), cost |x - y|^2.
+
+  The optimal entropic plan is Gaussian; its density has the cross term
+  exp(2 x y / eps), so the inverse joint covariance has off-diagonal -2 / eps,
+  which gives the cross-covariance c = (sqrt(16 A B + eps^2) - eps) / 4 and the
+  transport cost <P, C> = mu^2 + A + B - 2 c (Janati et al. 2020; Mallasto et
+  al. 2021). Quantile samples keep the discretisation error small.
+  """
+  from scipy.stats import norm
+
+  n, A, B, mu, eps = 2000, 1.0, 0.25, 1.0, 0.5
+  q = (np.arange(n) + 0.5) / n
+  x = jnp.asarray(np.sqrt(A) * norm.ppf(q), jnp.float32)[:, None]
+  y = jnp.asarray(mu + np.sqrt(B) * norm.ppf(q), jnp.float32)[:, None]
+  out = neural_ot.sinkhorn(x, y, epsilon=eps, tol=1e-5)
+  c = (np.sqrt(16 * A * B + eps**2) - eps) / 4
+  cross = float(jnp.sum(out.matrix * x * (y.T - mu)))
+  np.testing.assert_allclose(cross, c, rtol=2e-2)
+  np.testing.assert_allclose(out.primal_cost, mu**2 + A + B - 2 * c, rtol=2e-2)
+
+
+def test_divergence_properties():
+  x, y, a, b = _problem()
+  s_xy = neural_ot.sinkhorn_divergence(x, y, a, b, epsilon=0.1, tol=1e-6)
+  s_yx = neural_ot.sinkhorn_divergence(y, x, b, a, epsilon=0.1, tol=1e-6)
+  s_xx = neural_ot.sinkhorn_divergence(x, x, a, a, epsilon=0.1, tol=1e-6)
+  np.testing.assert_allclose(s_xy, s_yx, rtol=1e-4)
+  assert abs(float(s_xx)) < 1e-5
+  assert float(s_xy) > 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(2, 12), m=st.integers(2, 12), seed=st.integers(0, 2**16),
+       eps=st.floats(0.05, 2.0))
+def test_marginals_property(n, m, seed, eps):
+  x, y, a, b = _problem(n, m, 2, seed)
+  out = neural_ot.sinkhorn(x, y, a, b, epsilon=eps, tol=1e-4, max_iters=5000)
+  r, c = out.marginals
+  assert bool(out.converged)
+  assert float(jnp.abs(r - a).sum() + jnp.abs(c - b).sum()) < 2e-4
+  # The reported error is the error of the returned plan.
+  np.testing.assert_allclose(out.marginal_error, jnp.abs(r - a).sum() + jnp.abs(c - b).sum(),
+                             atol=2e-5)
+  P = out.matrix
+  assert bool(jnp.all(P >= 0))
+  np.testing.assert_allclose(out.apply(jnp.ones(m)), r, rtol=1e-5, atol=1e-7)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), eps=st.floats(0.05, 1.0))
+def test_divergence_symmetry_property(seed, eps):
+  x, y, a, b = _problem(8, 8, 2, seed)
+  s1 = neural_ot.sinkhorn_divergence(x, y, a, b, epsilon=eps, tol=1e-6)
+  s2 = neural_ot.sinkhorn_divergence(y, x, b, a, epsilon=eps, tol=1e-6)
+  np.testing.assert_allclose(s1, s2, rtol=1e-3, atol=1e-6)
+
+
+def test_vmap_with_padding_equals_loop_and_stops_per_problem():
+  sizes = [(12, 9, 0.05), (20, 16, 0.5), (7, 20, 0.1)]
+  N, M = 20, 20
+  xs, ys, as_, bs, refs = [], [], [], [], []
+  for i, (n, m, eps) in enumerate(sizes):
+    x, y, a, b = _problem(n, m, 2, i)
+    refs.append(neural_ot.sinkhorn(x, y, a, b, epsilon=0.1, tol=1e-5))
+    xs.append(jnp.pad(x, ((0, N - n), (0, 0)))); ys.append(jnp.pad(y, ((0, M - m), (0, 0))))
+    as_.append(jnp.pad(a, (0, N - n))); bs.append(jnp.pad(b, (0, M - m)))
+  X, Y, A, B = map(jnp.stack, (xs, ys, as_, bs))
+  batched = jax.jit(jax.vmap(lambda x, y, a, b: neural_ot.sinkhorn(
+      x, y, a, b, epsilon=0.1, tol=1e-5)))(X, Y, A, B)
+  for i, ((n, m, _), ref) in enumerate(zip(sizes, refs)):
+    np.testing.assert_allclose(batched.reg_ot_cost[i], ref.reg_ot_cost, rtol=1e-5)
+    np.testing.assert_allclose(batched.f[i, :n], ref.f, atol=1e-4)
+    assert int(batched.n_iters[i]) == int(ref.n_iters)
+  assert len(set(np.asarray(batched.n_iters).tolist())) > 1  # each stopped on its own
+
+
+def test_no_retrace_on_new_data_of_same_shape():
+  x, y, a, b = _problem(17, 19)
+  solver_lib._jitted_solve.clear_cache()
+  neural_ot.sinkhorn(x, y, a, b, epsilon=0.1)
+  size = solver_lib._jitted_solve._cache_size()
+  neural_ot.sinkhorn(x + 1.0, y * 2.0, b=b, a=a, epsilon=0.2)
+  assert solver_lib._jitted_solve._cache_size() == size
+
+
+def test_warm_start_from_solution_needs_no_iterations():
+  x, y, a, b = _problem()
+  out = neural_ot.sinkhorn(x, y, a, b, epsilon=0.1, tol=1e-5)
+  warm = neural_ot.sinkhorn(x, y, a, b, epsilon=0.1, tol=1e-5, init=(out.f, out.g))
+  assert int(warm.n_iters) <= 1 < int(out.n_iters)
+  np.testing.assert_allclose(warm.reg_ot_cost, out.reg_ot_cost, rtol=1e-5)
+
+
+def test_epsilon_scaling_and_momentum_keep_the_fixed_point():
+  x, y, a, b = _problem()
+  base = neural_ot.sinkhorn(x, y, a, b, epsilon=0.02, tol=1e-5, momentum=1.0, max_iters=20000)
+  scaled = neural_ot.sinkhorn(x, y, a, b, epsilon=0.02, tol=1e-5, epsilon_init_factor=50.0,
+                              epsilon_decay=0.9, max_iters=20000)
+  auto = neural_ot.sinkhorn(x, y, a, b, epsilon=0.02, tol=1e-5, max_iters=20000)
+  for other in (scaled, auto):
+    assert bool(other.converged)
+    np.testing.assert_allclose(other.reg_ot_cost, base.reg_ot_cost, rtol=1e-4)
+  assert int(auto.n_iters) < int(base.n_iters)
+
+
+def test_relative_epsilon():
+  x, y, a, b = _problem()
+  mean_cost = float(a @ neural_ot.SqEuclidean().pairwise(x, y) @ b)
+  rel = neural_ot.sinkhorn(x, y, a, b, epsilon=0.05, relative_epsilon=True, tol=1e-6)
+  ab = neural_ot.sinkhorn(x, y, a, b, epsilon=0.05 * mean_cost, tol=1e-6)
+  np.testing.assert_allclose(rel.epsilon, 0.05 * mean_cost, rtol=1e-5)
+  np.testing.assert_allclose(rel.reg_ot_cost, ab.reg_ot_cost, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cost", ["euclidean", "l1", "cosine"])
+def test_other_costs_match_pot(cost):
+  x, y, a, b = _problem(20, 15, 3)
+  out = neural_ot.sinkhorn(x, y, a, b, epsilon=0.05, tol=1e-6, cost=cost)
+  metric = {"euclidean": "euclidean", "l1": "cityblock", "cosine": "cosine"}[cost]
+  C = ot.dist(np.asarray(x, np.float64), np.asarray(y, np.float64), metric=metric)
+  pot = ot.sinkhorn2(np.asarray(a, np.float64), np.asarray(b, np.float64), C, 0.05,
+                     method="sinkhorn_log", stopThr=1e-10, numItermax=100000)
+  np.testing.assert_allclose(out.primal_cost, pot, rtol=1e-3)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_gradients_match_finite_differences(x64, implicit):
+  x, y, a, b = _problem(12, 10, 2)
+  x, y, a, b = (v.astype(jnp.float64) for v in (x, y, a, b))
+  kw = dict(epsilon=0.2, tol=1e-10, implicit_diff=implicit, max_iters=3000, momentum=1.0)
+
+  def loss(x, a):
+    return neural_ot.sinkhorn(x, y, a, b, **kw).reg_ot_cost
+
+  gx, ga = jax.grad(loss, argnums=(0, 1))(x, a)
+  h = 1e-5
+  dx = jax.random.normal(jax.random.PRNGKey(5), x.shape, jnp.float64)
+  fd = (loss(x + h * dx, a) - loss(x - h * dx, a)) / (2 * h)
+  np.testing.assert_allclose(jnp.vdot(gx, dx), fd, rtol=1e-5)
+  # Weights live on the simplex: a tangent direction that sums to zero.
+  da = jax.random.normal(jax.random.PRNGKey(6), a.shape, jnp.float64)
+  da = da - da.mean()
+  fd_a = (loss(x, a + h * da) - loss(x, a - h * da)) / (2 * h)
+  np.testing.assert_allclose(jnp.vdot(ga, da), fd_a, rtol=1e-5)
+
+
+def test_gradient_of_potentials_and_divergence(x64):
+  x, y, a, b = _problem(10, 9, 2)
+  x, y, a, b = (v.astype(jnp.float64) for v in (x, y, a, b))
+  kw = dict(epsilon=0.3, tol=1e-10, max_iters=3000)
+  # A quantity depending on the potentials themselves exercises the linear solve.
+  w = jax.random.normal(jax.random.PRNGKey(1), (10,), jnp.float64)
+
+  def pot_loss(y, implicit):
+    f = neural_ot.sinkhorn(x, y, a, b, implicit_diff=implicit, **kw).f
+    return jnp.vdot(w, f - f.mean())
+
+  gi = jax.grad(pot_loss)(y, True)
+  gu = jax.grad(pot_loss)(y, False)
+  np.testing.assert_allclose(gi, gu, rtol=1e-4, atol=1e-8)
+  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape, jnp.float64)
+  h = 1e-5
+  fd = (pot_loss(y + h * dy, True) - pot_loss(y - h * dy, True)) / (2 * h)
+  np.testing.assert_allclose(jnp.vdot(gi, dy), fd, rtol=1e-4)
+
+  def div(y):
+    return neural_ot.sinkhorn_divergence(x, y, a, b, **kw)
+
+  gd = jax.grad(div)(y)
+  fdd = (div(y + h * dy) - div(y - h * dy)) / (2 * h)
+  np.testing.assert_allclose(jnp.vdot(gd, dy), fdd, rtol=1e-5)
+
+
+def test_grad_matches_ott():
+  x, y, a, b = _problem()
+  g = jax.grad(lambda x: neural_ot.sinkhorn(x, y, a, b, epsilon=0.1, tol=1e-6).reg_ot_cost)(x)
+  go = jax.grad(lambda x: _ott(x, y, a, b, 0.1)[0].reg_ot_cost)(x)
+  np.testing.assert_allclose(g, go, atol=1e-5)
+
+
+def test_dense_and_online_agree_with_general_cost():
+  x, y, a, b = _problem(33, 29, 3)
+  kw = dict(epsilon=0.1, tol=1e-6, cost=lambda u, v: jnp.sum((u - v) ** 2) ** 0.75)
+  d = neural_ot.sinkhorn(x, y, a, b, online=False, **kw)
+  o = neural_ot.sinkhorn(x, y, a, b, online=True, tile_size=8, **kw)
+  np.testing.assert_allclose(d.reg_ot_cost, o.reg_ot_cost, rtol=1e-5)
+  np.testing.assert_allclose(d.primal_cost, o.primal_cost, rtol=1e-5)
+  np.testing.assert_allclose(d.barycentric_map(), o.barycentric_map(), atol=1e-5)
+
+
+def test_non_convergence_is_reported_not_raised():
+  x, y, a, b = _problem()
+  out = neural_ot.sinkhorn(x, y, a, b, epsilon=1e-3, tol=1e-6, max_iters=3, momentum=1.0)
+  assert not bool(out.converged) and int(out.n_iters) == 3
+  assert float(out.marginal_error) > 1e-6
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(y=np.zeros((5, 3))), "same dimension"),
+    (dict(a=-np.ones(6) / 6 + np.eye(6)[0] * 2), "`a` must be non-negative"),
+    (dict(b=np.ones(5)), "`b` must sum to 1"),
+    (dict(a=np.ones(4) / 4), r"`a` must have shape \(6,\)"),
+    (dict(x=np.full((6, 2), np.nan)), "`x` must be finite"),
+    (dict(y=np.array([[np.inf, 0.0]] * 5)), "`y` must be finite"),
+    (dict(epsilon=0.0), "`epsilon` must be a positive"),
+    (dict(epsilon=-1.0), "`epsilon` must be a positive"),
+    (dict(x=np.zeros((0, 2))), "`x` must hold at least one point"),
+    (dict(x=np.zeros(6)), "`x` must have 2 dimensions"),
+])
+def test_bad_input_raises_clear_errors(kwargs, match):
+  args = dict(x=np.random.rand(6, 2), y=np.random.rand(5, 2), a=None, b=None, epsilon=0.1)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    neural_ot.sinkhorn(args.pop("x"), args.pop("y"), args.pop("a"), args.pop("b"), **args)
+
+
+def test_bad_options_raise():
+  with pytest.raises(ValueError, match="`tol`"):
+    neural_ot.Sinkhorn(tol=0.0)
+  with pytest.raises(ValueError, match="`momentum`"):
+    neural_ot.Sinkhorn(momentum=2.5)
+  with pytest.raises(ValueError, match="`rho_a`"):
+    neural_ot.Sinkhorn(rho_a=-1.0)
+  with pytest.raises(TypeError, match="unknown option"):
+    neural_ot.sinkhorn(np.zeros((3, 2)), np.ones((3, 2)), epsilon=0.1, epsilson=3)
