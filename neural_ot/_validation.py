@@ -28,8 +28,9 @@ def as_float_array(x, name: str, ndim: int | None = None):
 
 
 def check_finite(x, name: str):
-  if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-    bad = int(jnp.sum(~jnp.isfinite(x)))
+  # numpy, not jnp: inside a jit trace even ops on concrete arrays are staged.
+  if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+    bad = int(np.sum(~np.isfinite(np.asarray(x))))
     raise ValueError(f"`{name}` must be finite, but it has {bad} NaN or inf entries.")
 
 
@@ -46,22 +47,23 @@ def check_points(x, name: str):
 def check_weights(w, n: int, name: str, points_name: str, balanced: bool, dtype):
   if w is None:
     return jnp.full((n,), 1.0 / n, dtype)
-  w = as_float_array(w, name, ndim=1).astype(dtype)
+  w = as_float_array(w, name, ndim=1)
   if w.shape[0] != n:
     raise ValueError(
         f"`{name}` must have shape ({n},) to match `{points_name}`, got {tuple(w.shape)}.")
   if is_concrete(w):
     check_finite(w, name)
-    if bool(jnp.any(w < 0)):
-      raise ValueError(f"`{name}` must be non-negative, got min {float(jnp.min(w)):.3g}.")
-    total = float(jnp.sum(w))
+    wn = np.asarray(w)
+    if np.any(wn < 0):
+      raise ValueError(f"`{name}` must be non-negative, got min {float(np.min(wn)):.3g}.")
+    total = float(np.sum(wn, dtype=np.float64))
     if total <= 0:
       raise ValueError(f"`{name}` must have positive total mass, got {total:.3g}.")
     if balanced and abs(total - 1.0) > 1e-4:
       raise ValueError(
           f"`{name}` must sum to 1 for a balanced problem, got {total:.6g} "
           "(normalise it, or set rho_a/rho_b for unbalanced OT).")
-  return w
+  return w.astype(dtype)
 
 
 def check_epsilon(epsilon):
@@ -82,7 +84,6 @@ def check_problem(x, y, a, b, epsilon, init, balanced: bool):
         f"`x` and `y` must have the same dimension d, got x: {tuple(x.shape)} and "
         f"y: {tuple(y.shape)}.")
   dtype = jnp.promote_types(x.dtype, y.dtype)
-  x, y = x.astype(dtype), y.astype(dtype)
   a = check_weights(a, x.shape[0], "a", "x", balanced, dtype)
   b = check_weights(b, y.shape[0], "b", "y", balanced, dtype)
   check_epsilon(epsilon)
@@ -101,7 +102,7 @@ def check_problem(x, y, a, b, epsilon, init, balanced: bool):
         raise ValueError(f"`init[1]` (g) must have shape ({y.shape[0]},), got {tuple(g0.shape)}.")
       check_finite(g0, "init[1] (g)")
     init = (f0, g0)
-  return x, y, a, b, epsilon, init
+  return x.astype(dtype), y.astype(dtype), a, b, epsilon, init
 
 
 def check_config(solver):

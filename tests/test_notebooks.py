@@ -1,0 +1,27 @@
+"""Execute every tutorial notebook with small sizes (NEURAL_OT_SMALL=1)."""
+
+import os
+import pathlib
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+  assert NOTEBOOKS, "no notebooks found in notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path, monkeypatch, tmp_path):
+  monkeypatch.setenv("NEURAL_OT_SMALL", "1")
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  nb = nbformat.read(path, as_version=4)
+  client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()  # raises CellExecutionError on any failing cell or assert
+  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.get("output_type") == "error"]
+  assert not errors
