@@ -1,0 +1,5 @@
+"""Convex conjugate solvers."""
+
+from neural_ot.conjugate.solvers import ConjugateResult, ConjugateSolver, conjugate
+
+__all__ = ["ConjugateResult", "ConjugateSolver", "conjugate"]

@@ -1,0 +1,121 @@
+"""ICNN convexity and conjugate solvers against closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neural_ot.conjugate import ConjugateSolver, conjugate
+from neural_ot.potentials import ICNN, MLPPotential
+
+
+@pytest.fixture(scope="module")
+def icnn():
+  model = ICNN(hidden=(32, 32), strong_convexity=0.1)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros(3))
+  # Perturb the parameters so the test is not about the initialisation.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  leaves = [p + 0.5 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  params = jax.tree.unflatten(tree, leaves)
+  return lambda x: model.apply(params, x)
+
+
+def test_icnn_convex_along_random_segments(icnn):
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(2), 3)
+  x0 = 2 * jax.random.normal(k1, (200, 3))
+  x1 = 2 * jax.random.normal(k2, (200, 3))
+  t = jax.random.uniform(k3, (200, 1))
+  lhs = icnn(t * x0 + (1 - t) * x1)
+  rhs = t[:, 0] * icnn(x0) + (1 - t[:, 0]) * icnn(x1)
+  assert bool(jnp.all(lhs <= rhs + 1e-5))
+
+
+def test_icnn_hessians_psd(icnn):
+  xs = 2 * jax.random.normal(jax.random.PRNGKey(3), (50, 3))
+  hess = jax.vmap(jax.hessian(icnn))(xs)
+  eig = jnp.linalg.eigvalsh(hess)
+  assert float(eig.min()) >= 0.1 - 1e-4  # strong convexity 0.1 is a floor
+
+
+def test_icnn_starts_near_identity_map():
+  model = ICNN(hidden=(32, 32))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros(2))
+  x = jax.random.normal(jax.random.PRNGKey(1), (64, 2))
+  grad = jax.vmap(jax.grad(lambda v: model.apply(params, v)))(x)
+  np.testing.assert_allclose(grad, x, atol=0.1)
+
+
+def test_mlp_potential_is_not_forced_convex():
+  model = MLPPotential(hidden=(16,))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros(2))
+  assert float(model.apply(params, jnp.ones(2))) == pytest.approx(
+      float(model.apply(params, jnp.ones(2))))
+
+
+def test_bad_icnn_activation():
+  with pytest.raises(ValueError, match="`activation`"):
+    ICNN(activation="tanh").init(jax.random.PRNGKey(0), jnp.zeros(2))
+
+
+@pytest.mark.parametrize("method,iters", [("lbfgs", 100), ("adam", 3000)])
+def test_conjugate_of_quadratic_closed_form(method, iters):
+  # f(x) = 0.5 x^T A x + c^T x  =>  x*(y) = A^{-1}(y - c), f*(y) = 0.5 (y-c)^T A^{-1} (y-c).
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  m = jax.random.normal(k1, (3, 3))
+  A = m @ m.T + 0.5 * jnp.eye(3)
+  c = jax.random.normal(k2, (3,))
+  f = lambda x: 0.5 * x @ A @ x + c @ x
+  y = jax.random.normal(k3, (16, 3))
+  tol = 1e-4 if method == "lbfgs" else 1e-3
+  res = jax.jit(lambda y: ConjugateSolver(method, tol=tol, max_iters=iters,
+                                          learning_rate=0.02)(f, y))(y)
+  x_true = jnp.linalg.solve(A, (y - c).T).T
+  np.testing.assert_allclose(res.x, x_true, atol=5 * tol)
+  val_true = 0.5 * jnp.sum((y - c) * x_true, -1)
+  np.testing.assert_allclose(res.value, val_true, atol=5 * tol)
+  assert bool(jnp.all(res.grad_norm < tol))
+  if method == "lbfgs":
+    assert int(res.n_iters.max()) < 30
+
+
+def test_conjugate_separable_and_fenchel_young(icnn):
+  # Separable: f(x) = sum cosh(x_i)  =>  x*_i = asinh(y_i).
+  f = lambda x: jnp.sum(jnp.cosh(x))
+  y = jax.random.normal(jax.random.PRNGKey(4), (32, 2))
+  res = ConjugateSolver(tol=1e-5)(f, y)
+  np.testing.assert_allclose(res.x, jnp.arcsinh(y), atol=1e-4)
+  # ICNN: grad f(x*) = y and Fenchel-Young f(x) + f*(y) >= <x, y>, equality at x*.
+  y = jax.random.normal(jax.random.PRNGKey(5), (32, 3))
+  res = ConjugateSolver(tol=1e-5, max_iters=200)(icnn, y)
+  np.testing.assert_allclose(jax.vmap(jax.grad(icnn))(res.x), y, atol=1e-4)
+  np.testing.assert_allclose(icnn(res.x) + res.value, jnp.sum(res.x * y, -1), atol=1e-4)
+  xr = jax.random.normal(jax.random.PRNGKey(6), (32, 3))
+  assert bool(jnp.all(icnn(xr) + res.value >= jnp.sum(xr * y, -1) - 1e-5))
+
+
+def test_warm_start_from_solution_takes_no_steps():
+  f = lambda x: jnp.sum(jnp.cosh(x))
+  y = jax.random.normal(jax.random.PRNGKey(4), (8, 2))
+  res = ConjugateSolver(tol=1e-4)(f, y, x0=jnp.arcsinh(y))
+  assert int(res.n_iters.max()) == 0
+
+
+def test_danskin_gradient_matches_finite_differences():
+  # f_theta(x) = 0.5 theta |x|^2  =>  f*(y) = |y|^2 / (2 theta), d/dtheta = -|y|^2 / (2 theta^2).
+  y = jax.random.normal(jax.random.PRNGKey(7), (4, 2))
+
+  def fstar(theta):
+    f = lambda x: 0.5 * theta * jnp.sum(x * x)
+    res = ConjugateSolver(tol=1e-6)(f, y)
+    return jnp.sum(conjugate(f, y, res.x))
+
+  theta = 1.7
+  np.testing.assert_allclose(jax.grad(fstar)(theta), -jnp.sum(y * y) / (2 * theta**2), rtol=1e-4)
+
+
+def test_conjugate_bad_input():
+  with pytest.raises(ValueError, match="`method`"):
+    ConjugateSolver(method="newton")
+  with pytest.raises(ValueError, match="`y` must have shape"):
+    ConjugateSolver()(lambda x: jnp.sum(x * x), jnp.ones(3))
