@@ -6,8 +6,20 @@ from neural_ot.sinkhorn import (Sinkhorn, SinkhornOutput, SinkhornState, dual_ob
 
 __version__ = "0.1.0"
 
+# Neural maps pull in flax/optax: imported on first use so `import neural_ot` stays light.
+_LAZY = {"fit_w2": "neural_ot.w2", "load_map": "neural_ot.w2", "W2Map": "neural_ot.w2",
+         "W2Trainer": "neural_ot.w2", "TrainingDivergedError": "neural_ot.w2",
+         "gaussian_map": "neural_ot.w2", "gaussian_w2": "neural_ot.w2"}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'neural_ot' has no attribute {name!r}")
+
 __all__ = [
     "Cosine", "Cost", "FunctionCost", "PNorm", "PointCloud", "SqEuclidean",
     "Sinkhorn", "SinkhornOutput", "SinkhornState", "dual_objective", "sinkhorn",
-    "sinkhorn_divergence",
+    "sinkhorn_divergence", *_LAZY,
 ]

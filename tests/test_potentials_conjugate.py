@@ -50,7 +50,9 @@ def test_mlp_potential_can_be_non_convex():
   # With generic weights the plain MLP is not convex: some Hessian has a negative eigenvalue.
   model = MLPPotential(hidden=(16,))
   params = model.init(jax.random.PRNGKey(0), jnp.zeros(2))
-  params = jax.tree.map(lambda p: 30.0 * p, params)  # output layer starts tiny
+  # The output layer starts tiny; scale the network (not the convex quadratic term).
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, p: p if "quad" in jax.tree_util.keystr(path) else 30.0 * p, params)
   xs = 2 * jax.random.normal(jax.random.PRNGKey(1), (200, 2))
   eig = jnp.linalg.eigvalsh(jax.vmap(jax.hessian(lambda v: model.apply(params, v)))(xs))
   assert float(eig.min()) < 0.0

@@ -1,5 +1,5 @@
 """Potentials (flax modules) for Wasserstein-2 dual solvers."""
 
-from neural_ot.potentials.icnn import ICNN, MLPPotential
+from neural_ot.potentials.icnn import ICNN, MLPPotential, MLPPredictor
 
-__all__ = ["ICNN", "MLPPotential"]
+__all__ = ["ICNN", "MLPPotential", "MLPPredictor"]

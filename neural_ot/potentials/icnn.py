@@ -3,9 +3,11 @@
 ICNN (Amos, Xu, Kolter 2017): ``z_1 = s(A_0 x + b_0)``,
 ``z_{k+1} = s(W_k z_k + A_k x + b_k)`` with ``W_k >= 0`` (softplus of a free
 parameter, so convexity holds by construction) and ``s`` convex and
-non-decreasing; the output adds ``0.5 * alpha |x|^2`` with ``alpha > 0``
-learnable (``alpha = 1`` at initialisation, so ``grad f`` starts near the
-identity map) plus ``0.5 * strong_convexity |x|^2``.
+non-decreasing; the output adds a learnable convex quadratic
+``0.5 |x W|^2`` (``W = I`` at initialisation, so ``grad f`` starts near the
+identity map; a trainer may set ``W`` and the linear term from the measures'
+moments so that ``grad f`` starts at the Gaussian OT map) plus
+``0.5 * strong_convexity |x|^2``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ICNN", "MLPPotential"]
+__all__ = ["ICNN", "MLPPotential", "MLPPredictor"]
 
 _ACTS = {"softplus": jax.nn.softplus, "celu": jax.nn.celu, "elu": jax.nn.elu,
          "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.2), "relu": jax.nn.relu}
@@ -60,14 +62,17 @@ class ICNN(nn.Module):
     z = act(nn.Dense(self.hidden[0], kernel_init=small)(x))
     for width in self.hidden[1:]:
       z = act(_PositiveDense(width)(z) + nn.Dense(width, kernel_init=small)(x))
-    out = _PositiveDense(1)(z)[..., 0] + nn.Dense(1, kernel_init=small)(x)[..., 0]
-    log_alpha = self.param("log_alpha", nn.initializers.zeros, ())
-    sq = 0.5 * jnp.sum(x * x, axis=-1)
-    return out + (jnp.exp(log_alpha) + self.strong_convexity) * sq
+    out = _PositiveDense(1)(z)[..., 0] + nn.Dense(1, kernel_init=small, name="linear")(x)[..., 0]
+    d = x.shape[-1]
+    quad = self.param("quad", lambda key, shape: jnp.eye(shape[0]), (d, d))
+    xw = x @ quad
+    return (out + 0.5 * jnp.sum(xw * xw, axis=-1)
+            + 0.5 * self.strong_convexity * jnp.sum(x * x, axis=-1))
 
 
 class MLPPotential(nn.Module):
-  """A plain (not necessarily convex) MLP potential plus ``0.5 |x|^2``."""
+  """A plain (not necessarily convex) MLP potential plus the quadratic
+  ``0.5 |x W|^2`` and a linear term (``W = I`` at initialisation)."""
 
   hidden: Sequence[int] = (64, 64)
 
@@ -76,5 +81,31 @@ class MLPPotential(nn.Module):
     z = x
     for width in self.hidden:
       z = jax.nn.softplus(nn.Dense(width)(z))
-    return nn.Dense(1, kernel_init=nn.initializers.normal(0.01))(z)[..., 0] + 0.5 * jnp.sum(
-        x * x, axis=-1)
+    out = nn.Dense(1, kernel_init=nn.initializers.normal(0.01))(z)[..., 0]
+    out = out + nn.Dense(1, kernel_init=nn.initializers.normal(0.01), name="linear")(x)[..., 0]
+    d = x.shape[-1]
+    quad = self.param("quad", lambda key, shape: jnp.eye(shape[0]), (d, d))
+    xw = x @ quad
+    return out + 0.5 * jnp.sum(xw * xw, axis=-1)
+
+
+class MLPPredictor(nn.Module):
+  """Amortized argmax model ``x_hat(y) = y B + c + MLP(y)`` for the conjugate.
+
+  ``B = I``, ``c = 0`` and a zero last layer at initialisation, so the
+  prediction starts at the identity (a trainer may set ``B, c`` to the inverse
+  Gaussian map).
+  """
+
+  hidden: Sequence[int] = (64, 64)
+
+  @nn.compact
+  def __call__(self, y):
+    d = y.shape[-1]
+    z = y
+    for width in self.hidden:
+      z = jax.nn.gelu(nn.Dense(width)(z))
+    res = nn.Dense(d, kernel_init=nn.initializers.zeros)(z)
+    affine = nn.Dense(d, kernel_init=lambda key, shape, dtype=jnp.float32: jnp.eye(shape[0], dtype=dtype),
+                      name="affine")
+    return affine(y) + res

@@ -1,0 +1,44 @@
+"""Atomic checkpoints (flax msgpack serialization) for training runs and maps."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from flax import serialization
+
+__all__ = ["save_atomic", "load"]
+
+
+def save_atomic(path: str, tree: Any) -> None:
+  """Write ``tree`` (dicts of arrays, numbers, strings) to ``path`` atomically.
+
+  The bytes go to a temporary file in the same directory, are flushed to disk
+  and then renamed over ``path``: a crash leaves either the old or the new file,
+  never a truncated one.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  data = serialization.msgpack_serialize(serialization.to_state_dict(tree))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".msgpack")
+  try:
+    with os.fdopen(fd, "wb") as fh:
+      fh.write(data)
+      fh.flush()
+      os.fsync(fh.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def load(path: str) -> dict:
+  """Read a file written by :func:`save_atomic` (nested dict of numpy arrays)."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no checkpoint at {path!r}")
+  with open(path, "rb") as fh:
+    return serialization.msgpack_restore(fh.read())
