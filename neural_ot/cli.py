@@ -1,4 +1,4 @@
-"""The ``neural-ot`` command line."""
+"""The ``neural-ot`` command line: ``demo`` (neural W2 map), ``fit``, ``sinkhorn``."""
 
 from __future__ import annotations
 
@@ -9,15 +9,119 @@ import sys
 import time
 
 
+def _summarise(mp, x, y, seconds, steps):
+  """Quality figures of a learned 2-D+ map on held-out samples."""
+  import jax.numpy as jnp
+
+  import neural_ot
+
+  tx = mp.transport(x)
+  iy = mp.inverse(y)
+  kw = dict(epsilon=0.002, relative_epsilon=True, tol=1e-3, max_iters=5000)
+  return tx, iy, {
+      "w2_dual_estimate": mp.w2,
+      "w2_primal_E|x-T(x)|^2": float(jnp.mean(jnp.sum((tx - x) ** 2, -1))),
+      "S_eps(x, y) before": float(neural_ot.sinkhorn_divergence(x, y, **kw)),
+      "S_eps(T(x), y) after": float(neural_ot.sinkhorn_divergence(tx, y, **kw)),
+      "S_eps(T^-1(y), x) inverse": float(neural_ot.sinkhorn_divergence(iy, x, **kw)),
+      "train_seconds_incl_compile": seconds, "steps": steps,
+  }
+
+
+def _train_options(args) -> dict:
+  return dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+              learning_rate=args.lr, potential=args.potential, amortization=args.amortization,
+              finetune_iters=args.finetune_iters, progress=not args.quiet)
+
+
+def _report(summary, out, name):
+  with open(os.path.join(out, name + ".json"), "w") as fh:
+    json.dump(summary, fh, indent=2)
+  for k, v in summary.items():
+    print(f"{k:>30}: {v}")
+
+
 def _demo(args) -> int:
   import jax
   import numpy as np
 
   import neural_ot
-  from neural_ot import data
+  from neural_ot import _plotting, data
+
+  os.makedirs(args.out, exist_ok=True)
+  src, tgt = data.SAMPLERS[args.source], data.SAMPLERS[args.target]
+  t0 = time.perf_counter()
+  mp = neural_ot.fit_w2(src, tgt, **_train_options(args))
+  seconds = time.perf_counter() - t0
+  k1, k2 = jax.random.split(jax.random.PRNGKey(args.seed + 1000))
+  x, y = src(k1, args.n), tgt(k2, args.n)  # held out: not the training stream
+  tx, iy, summary = _summarise(mp, x, y, seconds, args.steps)
+  summary = {"source": args.source, "target": args.target, **summary}
+  png = os.path.join(args.out, "neural_map_demo.png")
+  _plotting.plot_map(np.asarray(x), np.asarray(y), np.asarray(tx), np.asarray(iy),
+                     f"{args.source} -> {args.target}: learned W2 map, W2^2 ~ {mp.w2:.3f}", png)
+  mp.save(os.path.join(args.out, "map.msgpack"))
+  _report(summary, args.out, "neural_map_demo")
+  print(f"{'picture':>30}: {png}")
+  print(f"{'map':>30}: {os.path.join(args.out, 'map.msgpack')} (neural_ot.load_map)")
+  return 0
+
+
+def _load_points(path: str):
+  import numpy as np
+
+  if not os.path.isfile(path):
+    raise SystemExit(f"neural-ot fit: no such file: {path!r}")
+  if path.endswith(".npy"):
+    arr = np.load(path, allow_pickle=False)
+  elif path.endswith((".csv", ".txt")):
+    try:
+      arr = np.loadtxt(path, delimiter=",", ndmin=2)
+    except ValueError:  # a header line
+      arr = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+  else:
+    raise SystemExit(f"neural-ot fit: {path!r}: expected a .npy or .csv file")
+  return arr.astype("float32")
+
+
+def _fit(args) -> int:
+  import numpy as np
+
+  import neural_ot
+  from neural_ot import _plotting
+
+  x, y = _load_points(args.source), _load_points(args.target)
+  os.makedirs(args.out, exist_ok=True)
+  opts = _train_options(args)
+  opts["batch_size"] = min(opts["batch_size"], len(x), len(y))
+  t0 = time.perf_counter()
+  try:
+    mp = neural_ot.fit_w2(x, y, checkpoint_dir=os.path.join(args.out, "checkpoints"), **opts)
+  except (ValueError, TypeError) as exc:
+    print(f"neural-ot fit: {exc}", file=sys.stderr)
+    return 2
+  seconds = time.perf_counter() - t0
+  n = min(len(x), len(y), 2000)
+  tx, iy, summary = _summarise(mp, x[:n], y[:n], seconds, args.steps)
+  mp.save(os.path.join(args.out, "map.msgpack"))
+  np.save(os.path.join(args.out, "transported.npy"), np.asarray(mp.transport(x)))
+  if x.shape[1] == 2:
+    _plotting.plot_map(x[:n], y[:n], np.asarray(tx), np.asarray(iy), "learned W2 map",
+                       os.path.join(args.out, "map.png"))
+  _report(summary, args.out, "summary")
+  print(f"{'map':>30}: {os.path.join(args.out, 'map.msgpack')}")
+  return 0
+
+
+def _sinkhorn(args) -> int:
+  import jax
+  import numpy as np
+
+  import neural_ot
+  from neural_ot import _plotting, data
 
   if args.n < 2:
-    print(f"neural-ot demo: --n must be >= 2, got {args.n}", file=sys.stderr)
+    print(f"neural-ot sinkhorn: --n must be >= 2, got {args.n}", file=sys.stderr)
     return 2
   k1, k2 = jax.random.split(jax.random.PRNGKey(args.seed))
   x = data.SAMPLERS[args.source](k1, args.n)
@@ -37,48 +141,23 @@ def _demo(args) -> int:
   }
   os.makedirs(args.out, exist_ok=True)
   png = os.path.join(args.out, "sinkhorn_demo.png")
-  _plot(np.asarray(x), np.asarray(y), np.asarray(out.barycentric_map()),
-        np.asarray(out.matrix) if args.n <= 2000 else None, summary, png)
-  with open(os.path.join(args.out, "sinkhorn_demo.json"), "w") as fh:
-    json.dump(summary, fh, indent=2)
-  for k, v in summary.items():
-    print(f"{k:>34}: {v}")
-  print(f"{'picture':>34}: {png}")
+  _plotting.plot_sinkhorn(np.asarray(x), np.asarray(y), np.asarray(out.barycentric_map()),
+                          np.asarray(out.matrix) if args.n <= 2000 else None, summary, png)
+  _report(summary, args.out, "sinkhorn_demo")
+  print(f"{'picture':>30}: {png}")
   return 0 if out.converged else 1
 
 
-def _plot(x, y, tx, plan, summary, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import numpy as np
-
-  fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-  ax = axes[0]
-  ax.scatter(x[:, 0], x[:, 1], s=6, c="tab:blue", label="source x")
-  ax.scatter(y[:, 0], y[:, 1], s=6, c="tab:orange", label="target y")
-  step = max(1, len(x) // 150)
-  for i in range(0, len(x), step):
-    ax.annotate("", tx[i], x[i], arrowprops=dict(arrowstyle="->", color="0.4", lw=0.6))
-  ax.set_title("Entropic OT: barycentric map x -> E[y | x]")
-  ax.legend(loc="upper right")
-  ax.set_aspect("equal")
-  ax = axes[1]
-  if plan is not None:
-    order_x = np.argsort(np.arctan2(x[:, 1], x[:, 0]))
-    order_y = np.argsort(np.arctan2(y[:, 1], y[:, 0]))
-    img = np.sqrt(plan[order_x][:, order_y] * len(x))
-    ax.imshow(img, aspect="auto", cmap="magma", vmax=np.quantile(img, 0.999))
-    ax.set_title("sqrt(n P): plan, rows/cols sorted by angle")
-    ax.set_xlabel("target index")
-    ax.set_ylabel("source index")
-  else:
-    ax.axis("off")
-  fig.suptitle(f"{summary['source']} -> {summary['target']}, n={summary['n']}, "
-               f"{summary['n_iters']} iterations, S_eps={summary['sinkhorn_divergence_W2sq_estimate']:.3f}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+def _add_training(p, steps):
+  p.add_argument("--steps", type=int, default=steps)
+  p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate")
+  p.add_argument("--potential", default="icnn", choices=["icnn", "mlp"])
+  p.add_argument("--amortization", default="regression", choices=["regression", "objective",
+                                                                   "cycle"])
+  p.add_argument("--finetune-iters", type=int, default=10)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
 def main(argv=None) -> int:
@@ -86,18 +165,27 @@ def main(argv=None) -> int:
 
   parser = argparse.ArgumentParser(prog="neural-ot", description="Neural and entropic OT in JAX.")
   sub = parser.add_subparsers(dest="command", required=True)
-  demo = sub.add_parser("demo", help="solve a 2-D Sinkhorn example and write a picture")
+  demo = sub.add_parser("demo", help="learn a 2-D W2 map between built-in measures, write a picture")
   demo.add_argument("--source", default="8gaussians", choices=sorted(data.SAMPLERS))
-  demo.add_argument("--target", default="moons", choices=sorted(data.SAMPLERS))
-  demo.add_argument("--n", type=int, default=1000)
-  demo.add_argument("--epsilon", type=float, default=0.01, help="relative to the mean cost")
-  demo.add_argument("--tol", type=float, default=1e-3)
-  demo.add_argument("--seed", type=int, default=0)
+  demo.add_argument("--target", default="normal", choices=sorted(data.SAMPLERS))
+  demo.add_argument("--n", type=int, default=2000, help="held-out samples for the picture")
   demo.add_argument("--out", default="out")
+  _add_training(demo, steps=4000)
+  fit = sub.add_parser("fit", help="learn a W2 map between two point clouds (.npy or .csv)")
+  fit.add_argument("source")
+  fit.add_argument("target")
+  fit.add_argument("--out", required=True)
+  _add_training(fit, steps=2000)
+  sk = sub.add_parser("sinkhorn", help="solve a 2-D entropic OT example and write a picture")
+  sk.add_argument("--source", default="8gaussians", choices=sorted(data.SAMPLERS))
+  sk.add_argument("--target", default="moons", choices=sorted(data.SAMPLERS))
+  sk.add_argument("--n", type=int, default=1000)
+  sk.add_argument("--epsilon", type=float, default=0.01, help="relative to the mean cost")
+  sk.add_argument("--tol", type=float, default=1e-3)
+  sk.add_argument("--seed", type=int, default=0)
+  sk.add_argument("--out", default="out")
   args = parser.parse_args(argv)
-  if args.command == "demo":
-    return _demo(args)
-  return 2
+  return {"demo": _demo, "fit": _fit, "sinkhorn": _sinkhorn}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,13 @@ class ICNN(nn.Module):
     hidden: widths of the hidden layers.
     activation: convex non-decreasing activation name.
     strong_convexity: fixed extra ``0.5 * c |x|^2`` (c >= 0).
+    output_scale: factor on the network part at initialisation scale (> 0).
   """
 
   hidden: Sequence[int] = (64, 64)
-  activation: str = "softplus"
+  activation: str = "celu"
   strong_convexity: float = 0.0
+  output_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x):
@@ -58,11 +60,14 @@ class ICNN(nn.Module):
     if not self.hidden:
       raise ValueError("ICNN: `hidden` must list at least one layer width.")
     act = _ACTS[self.activation]
+    # Input layers at unit scale (features vary over standardised data); the
+    # output layer starts small, so grad f starts near the quadratic's map.
     small = nn.initializers.normal(0.01)
-    z = act(nn.Dense(self.hidden[0], kernel_init=small)(x))
+    z = act(nn.Dense(self.hidden[0])(x))
     for width in self.hidden[1:]:
-      z = act(_PositiveDense(width)(z) + nn.Dense(width, kernel_init=small)(x))
-    out = _PositiveDense(1)(z)[..., 0] + nn.Dense(1, kernel_init=small, name="linear")(x)[..., 0]
+      z = act(_PositiveDense(width)(z) + nn.Dense(width)(x))
+    out = self.output_scale * _PositiveDense(1)(z)[..., 0]
+    out = out + nn.Dense(1, kernel_init=small, name="linear")(x)[..., 0]
     d = x.shape[-1]
     quad = self.param("quad", lambda key, shape: jnp.eye(shape[0]), (d, d))
     xw = x @ quad

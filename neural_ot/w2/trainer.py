@@ -67,14 +67,14 @@ class W2Trainer:
 
   potential: str = "icnn"
   hidden: Sequence[int] = (64, 64, 64)
-  activation: str = "softplus"
+  activation: str = "celu"
   strong_convexity: float = 0.0
   predictor_hidden: Sequence[int] = (64, 64)
   amortization: str = "regression"
   finetune: str = "lbfgs"
   finetune_iters: int = 10
   finetune_tol: float = 1e-3
-  learning_rate: float = 1e-3
+  learning_rate: float = 1e-2
   warmup_steps: int = 50
   weight_decay: float = 1e-5
   grad_clip: float = 10.0
