@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -28,8 +29,24 @@ class TrainingDivergedError(RuntimeError):
   """Raised when the loss stops being finite or the parameters explode."""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Sampler:
+  """A user sampler ``fn(key, n)`` cast to ``dtype``; equal (same jit cache) for the same fn."""
+
+  fn: Callable
+  dtype: str
+
+  def __call__(self, key, n, data):
+    del data
+    return jnp.asarray(self.fn(key, n)).astype(self.dtype)
+
+
+def _from_array(key, n, data):
+  return data[jax.random.randint(key, (n,), 0, data.shape[0])]
+
+
 def _as_source(data, name: str, batch_size: int, dtype):
-  """Return ``(sample(key, n), dim, moment_sample)`` for an array or a sampler."""
+  """Return ``(sample(key, n, data), dim, data or None, moment sample)``."""
   if callable(data):
     probe = np.asarray(data(jax.random.PRNGKey(0), 8))
     if probe.ndim != 2 or probe.shape[0] != 8:
@@ -38,7 +55,7 @@ def _as_source(data, name: str, batch_size: int, dtype):
     if not np.all(np.isfinite(probe)):
       raise ValueError(f"fit_w2: sampler `{name}` returned non-finite values (NaN or inf).")
     moment_sample = np.asarray(data(jax.random.PRNGKey(1), _N_EVAL), dtype)
-    return (lambda key, n, _: data(key, n).astype(dtype)), probe.shape[1], None, moment_sample
+    return _Sampler(data, dtype.name), probe.shape[1], None, moment_sample
   try:
     arr = np.asarray(data, dtype)
   except (TypeError, ValueError) as exc:
@@ -54,8 +71,17 @@ def _as_source(data, name: str, batch_size: int, dtype):
   if batch_size > arr.shape[0]:
     raise ValueError(f"fit_w2: `batch_size` ({batch_size}) is larger than `{name}`, which has "
                      f"{arr.shape[0]} samples.")
-  sample = lambda key, n, data: data[jax.random.randint(key, (n,), 0, data.shape[0])]
-  return sample, arr.shape[1], arr, arr[:_N_EVAL * 4]
+  return _from_array, arr.shape[1], jnp.asarray(arr), arr[:_N_EVAL * 4]
+
+
+@functools.partial(jax.jit, static_argnames=("trainer", "src_fn", "tgt_fn", "batch_size", "steps"))
+def _train_step(state: TrainState, key, src_data, tgt_data, *, trainer, src_fn, tgt_fn,
+                batch_size, steps):
+  """Draw the batches of step ``state.step`` (``fold_in(key, step)``) and take one step."""
+  ks, kt = jax.random.split(jax.random.fold_in(key, state.step))
+  x = src_fn(ks, batch_size, src_data)
+  y = tgt_fn(kt, batch_size, tgt_data)
+  return trainer.step(state, x, y, steps)
 
 
 def _fingerprint(trainer, steps, batch_size, seed, dim) -> str:
@@ -134,12 +160,8 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
     moments = (_moments(src_mom), _moments(tgt_mom))
   state = trainer.init_state(k_init, dim, steps, *(moments or (None, None)), dtype=dtype)
 
-  @jax.jit
-  def train_step(state: TrainState, src_data, tgt_data):
-    ks, kt = jax.random.split(jax.random.fold_in(k_data, state.step))
-    x = src_fn(ks, batch_size, src_data)
-    y = tgt_fn(kt, batch_size, tgt_data)
-    return trainer.step(state, x, y, steps)
+  train_step = functools.partial(_train_step, trainer=trainer, src_fn=src_fn, tgt_fn=tgt_fn,
+                                 batch_size=int(batch_size), steps=int(steps))
 
   fingerprint = _fingerprint(trainer, steps, batch_size, seed, dim)
   ckpt_path = os.path.join(checkpoint_dir, _CKPT) if checkpoint_dir else None
@@ -161,7 +183,7 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
   t0, step0 = time.perf_counter(), int(state.step)
   try:
     for step in range(int(state.step), steps):
-      new_state, metrics = train_step(good, src_data, tgt_data)
+      new_state, metrics = train_step(good, k_data, src_data, tgt_data)
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
               and m["param_norm"] < max_param_norm):
@@ -204,16 +226,18 @@ def _moments(x):
   return jnp.asarray(m), jnp.asarray(xc.T @ xc / max(len(x) - 1, 1))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _dual_w2_impl(trainer, params, x, y):
+  f = trainer.potential_fn(params["f"])
+  solver = dataclasses.replace(trainer.solver, tol=1e-5, max_iters=100)
+  res = solver(f, y, trainer.predict(params["g"], y))
+  dual = jax.vmap(f)(x).mean() + res.value.mean()
+  return jnp.mean(jnp.sum(x * x, -1)) + jnp.mean(jnp.sum(y * y, -1)) - 2 * dual
+
+
 def _dual_w2(trainer, params, x, y) -> float:
-  """W2^2 = E|x|^2 + E|y|^2 - 2 (E f(x) + E f*(y)) with a tightly solved conjugate."""
-  @jax.jit
-  def est(params, x, y):
-    f = trainer.potential_fn(params["f"])
-    solver = dataclasses.replace(trainer.solver, tol=1e-5, max_iters=100)
-    res = solver(f, y, trainer.predict(params["g"], y))
-    dual = jax.vmap(f)(x).mean() + res.value.mean()
-    return jnp.mean(jnp.sum(x * x, -1)) + jnp.mean(jnp.sum(y * y, -1)) - 2 * dual
-  return float(est(params, jnp.asarray(x), jnp.asarray(y)))
+  """W2^2 = E|x|^2 + E|y|^2 - 2 (E f(x) + E f*(y)), conjugate solved to |grad| < 1e-5."""
+  return float(_dual_w2_impl(trainer, params, jnp.asarray(x), jnp.asarray(y)))
 
 
 def _restore(path, template: TrainState, fingerprint: str):
