@@ -1,5 +1,5 @@
 """Writes notebooks/01_sinkhorn.ipynb (kept as code so diffs stay readable)."""
-import nbformat as nbf
+from _nbwrite import write
 
 cells = [
 ("md", """# 01 · Entropic optimal transport with `neural_ot.sinkhorn`
@@ -64,7 +64,4 @@ axes[0].semilogy(history); axes[0].set_xlabel("step"); axes[0].set_ylabel("S_eps
 axes[1].scatter(*np.asarray(y).T, s=5, label="y"); axes[1].scatter(*np.asarray(z).T, s=5, label="z after flow")
 axes[1].legend(); axes[1].set_aspect("equal")"""),
 ]
-nb = nbf.v4.new_notebook()
-nb.cells = [nbf.v4.new_markdown_cell(s) if k == "md" else nbf.v4.new_code_cell(s) for k, s in cells]
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nbf.write(nb, "notebooks/01_sinkhorn.ipynb")
+write(cells, "notebooks/01_sinkhorn.ipynb")
