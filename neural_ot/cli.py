@@ -148,6 +148,35 @@ def _sinkhorn(args) -> int:
   return 0 if out.converged else 1
 
 
+def _bench_w2(args) -> int:
+  from neural_ot import w2bench
+  from neural_ot.w2bench.runner import run_method
+
+  try:
+    pair = w2bench.load_pair(args.dim, args.data_dir)
+  except (FileNotFoundError, ValueError) as exc:
+    print(f"neural-ot bench w2: {exc}", file=sys.stderr)
+    return 2
+  os.makedirs(args.out, exist_ok=True)
+  rows = {}
+  for name, (fwd, inv) in w2bench.baselines(pair).items():
+    rows[f"baseline: {name}"] = w2bench.evaluate(pair, fwd, inv)
+  res = run_method(pair, args.method, steps=args.steps, seconds=args.seconds,
+                   eval_every=args.eval_every, seed=args.seed, progress=not args.quiet)
+  if "map" in res:
+    res.pop("map").save(os.path.join(args.out, "map.msgpack"))
+  rows[res["method"]] = res["final"]
+  print(f"{'':<20} {'UVP fwd %':>10} {'UVP inv %':>10} {'cos fwd':>8} {'cos inv':>8}")
+  for name, f in rows.items():
+    print(f"{name:<20} {f['uvp_fwd']:10.3f} {f['uvp_inv']:10.3f} {f['cos_fwd']:8.4f} "
+          f"{f['cos_inv']:8.4f}")
+  print(f"steps {res['steps']}, training {res['train_s']:.1f} s, {res['step_ms']:.2f} ms/step")
+  with open(os.path.join(args.out, "bench_w2.json"), "w") as fh:
+    json.dump({"dim": args.dim, "baselines_and_final": rows, **{
+        k: v for k, v in res.items() if k != "final"}}, fh, indent=1, default=float)
+  return 0
+
+
 def _add_training(p, steps):
   p.add_argument("--steps", type=int, default=steps)
   p.add_argument("--batch-size", type=int, default=256)
@@ -184,7 +213,23 @@ def main(argv=None) -> int:
   sk.add_argument("--tol", type=float, default=1e-3)
   sk.add_argument("--seed", type=int, default=0)
   sk.add_argument("--out", default="out")
+  bench = sub.add_parser("bench", help="benchmarks; `bench w2`: the Korotin et al. W2 benchmark")
+  bsub = bench.add_subparsers(dest="suite", required=True)
+  w2 = bsub.add_parser("w2", help="train on the Mix3toMix10 pair of dimension D and score it")
+  from neural_ot.w2bench.runner import METHODS
+  w2.add_argument("--dim", type=int, required=True)
+  w2.add_argument("--data-dir", default=None, help="converted benchmark folder (default: "
+                  "$NEURAL_OT_W2BENCH or ../shared/data/w2bench)")
+  w2.add_argument("--steps", type=int, default=2000)
+  w2.add_argument("--seconds", type=float, default=None, help="time budget for ott-jax methods")
+  w2.add_argument("--method", default="regression", choices=list(METHODS))
+  w2.add_argument("--eval-every", type=int, default=500)
+  w2.add_argument("--seed", type=int, default=0)
+  w2.add_argument("--quiet", action="store_true")
+  w2.add_argument("--out", default="out/bench_w2")
   args = parser.parse_args(argv)
+  if args.command == "bench":
+    return _bench_w2(args)
   return {"demo": _demo, "fit": _fit, "sinkhorn": _sinkhorn}[args.command](args)
 
 
