@@ -53,8 +53,8 @@ def run_dim(dim, args):
       print(f"skipping {m}: {exc}")
   for r in rows:
     r.pop("map", None)
-    r["label"] = ("ours: " + r["method"]) if r["method"] in ("regression", "objective", "cycle",
-                                                             "mlp") else r["method"]
+    r["label"] = r["method"] if r["method"].startswith(("ott-", "baseline")) else (
+        "ours: " + r["method"])
     f = r["final"]
     print(f"D={dim:3d} {r['label']:<22} steps {r.get('steps', 0):>6} train {r.get('train_s', 0):7.1f} s"
           f"  UVP fwd {f['uvp_fwd']:8.3f} %  inv {f['uvp_inv']:8.3f} %  cos fwd "
