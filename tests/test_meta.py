@@ -1,0 +1,90 @@
+"""Meta OT: c-transform and dual against the Sinkhorn solver, warm starts, save/load, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import neural_ot
+from neural_ot.meta import (c_transform, dual_value, fit_meta, gaussian_init,
+                            gaussian_mixture_histograms, grid, load_meta)
+
+SIZE, EPS = 8, 0.01
+X = grid(SIZE)
+C = jnp.sum((X[:, None] - X[None]) ** 2, -1)
+
+
+def pairs(k, n):
+  return (gaussian_mixture_histograms(k, n, SIZE),
+          gaussian_mixture_histograms(jax.random.fold_in(k, 1), n, SIZE))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return fit_meta(pairs, X, EPS, steps=400, batch_size=32, hidden=(128,), log_every=100)
+
+
+def _iters(a, b, f0, tol):
+  out = neural_ot.sinkhorn(X, X, a, b, epsilon=EPS, tol=tol, max_iters=3000,
+                           init=None if f0 is None else (f0, None))
+  assert bool(out.converged)
+  return int(out.n_iters)
+
+
+def test_c_transform_makes_the_column_marginal_exact_and_dual_matches_sinkhorn():
+  a, b = pairs(jax.random.PRNGKey(0), 1)
+  a, b = a[0], b[0]
+  f = jax.random.normal(jax.random.PRNGKey(1), a.shape) * 0.05
+  g = c_transform(f, a, C, EPS)
+  plan = a[:, None] * b[None] * jnp.exp((f[:, None] + g[None] - C) / EPS)
+  np.testing.assert_allclose(plan.sum(0), b, rtol=1e-4)
+  out = neural_ot.sinkhorn(X, X, a, b, epsilon=EPS, tol=1e-6, max_iters=5000)
+  # At the solver's optimum the dual equals its entropic cost; any other f is below (weak duality).
+  np.testing.assert_allclose(dual_value(out.f, a, b, C, EPS), out.reg_ot_cost, rtol=1e-4)
+  assert float(dual_value(f, a, b, C, EPS)) < float(out.reg_ot_cost)
+
+
+def test_gaussian_initializer_warm_start_helps_on_gaussian_blobs():
+  a, b = pairs(jax.random.PRNGKey(3), 20)
+  zeros = [_iters(a[i], b[i], None, 1e-2) for i in range(20)]
+  gauss = [_iters(a[i], b[i], gaussian_init(X, a[i], b[i]), 1e-2) for i in range(20)]
+  assert np.mean(gauss) < np.mean(zeros)
+
+
+def test_meta_prediction_beats_zeros_and_keeps_final_accuracy(model):
+  a, b = pairs(jax.random.PRNGKey(10 ** 6), 20)  # held out: the training stream never uses it
+  f, g = model.predict(a, b)
+  duals = jax.vmap(lambda f, a, b: dual_value(f, a, b, C, EPS))(f, a, b)
+  zero_duals = jax.vmap(lambda a, b: dual_value(jnp.zeros(SIZE ** 2), a, b, C, EPS))(a, b)
+  assert bool(jnp.all(jnp.isfinite(duals))) and bool(jnp.all(duals >= zero_duals))
+  np.testing.assert_allclose(g[0], c_transform(f[0], a[0], C, EPS), rtol=1e-5, atol=1e-7)
+  for tol in (1e-2, 1e-4):
+    meta = [_iters(a[i], b[i], f[i], tol) for i in range(20)]
+    zeros = [_iters(a[i], b[i], None, tol) for i in range(20)]
+    assert np.mean(meta) <= np.mean(zeros), (tol, np.mean(meta), np.mean(zeros))
+  assert model.history[-1]["dual"] > 0
+
+
+def test_save_load_round_trip(model, tmp_path):
+  model.save(str(tmp_path / "meta.msgpack"))
+  back = load_meta(str(tmp_path / "meta.msgpack"))
+  a, b = pairs(jax.random.PRNGKey(5), 3)
+  for u, v in zip(model.predict(a, b), back.predict(a, b)):
+    np.testing.assert_array_equal(u, v)
+  assert back.epsilon == EPS and back.base == model.base
+
+
+def test_bad_input(model):
+  a, b = pairs(jax.random.PRNGKey(6), 1)
+  with pytest.raises(ValueError, match=r"`a` must be a histogram of shape \(64,\)"):
+    model.predict(jnp.ones(10) / 10, b[0])
+  with pytest.raises(ValueError, match="non-negative mass"):
+    model.predict(a[0].at[0].set(-0.1), b[0])
+  with pytest.raises(ValueError, match="sum to one"):
+    model.predict(a[0], 2 * b[0])
+  with pytest.raises(ValueError, match="`epsilon` must be > 0"):
+    fit_meta(pairs, X, 0.0, steps=1)
+  with pytest.raises(ValueError, match="`base` must be"):
+    fit_meta(pairs, X, EPS, steps=1, base="ones")
+  with pytest.raises(ValueError, match=r"must return two \(k, 36\) arrays"):
+    fit_meta(pairs, grid(6), EPS, steps=1)
