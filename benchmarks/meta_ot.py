@@ -131,7 +131,7 @@ def main():
         row = {"family": fam, "n": int(x.shape[0]), "eps": eps, "start": name,
                "iters_median": np.median(its, 0).tolist(), "iters_mean": its.mean(0).tolist(),
                "seconds_median": secs, "train_steps": steps,
-               "train_s": train_s if "ours" in name else ott_s}
+               "train_s": {"meta (ours)": train_s, "meta (ott-jax)": ott_s}.get(name)}
         rows.append(row)
         print(json.dumps(row), flush=True)
   print(f"\n{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}; held-out pairs: "
