@@ -44,7 +44,6 @@ class _OttMLP(nn.Module):
 
 def train_ott(pairs, support, eps, steps, batch, hidden):
   from ott.geometry import pointcloud
-  from ott.initializers.linear import initializers as _  # noqa: F401 (import check)
   from ott.initializers.neural import meta_initializer
   from ott.problems.linear import linear_problem
 

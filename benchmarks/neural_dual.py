@@ -11,7 +11,6 @@ budget. Run: ``python benchmarks/neural_dual.py [--budget 60] [--dims 2 16]``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

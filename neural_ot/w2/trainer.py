@@ -21,7 +21,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from neural_ot.conjugate import ConjugateSolver
@@ -201,8 +200,3 @@ def as_config(trainer: W2Trainer) -> dict:
   """JSON-able dict of the trainer's fields."""
   out = dataclasses.asdict(trainer)
   return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-
-def moments_np(x) -> tuple[np.ndarray, np.ndarray]:
-  m, s = gaussian.moments(jnp.asarray(x, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
-  return m, s
