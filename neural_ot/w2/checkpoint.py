@@ -28,6 +28,9 @@ def save_atomic(path: str, tree: Any) -> None:
       fh.write(data)
       fh.flush()
       os.fsync(fh.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
