@@ -17,40 +17,31 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from neural_ot.w2 import W2Map, W2Trainer, gaussian_map
+from neural_ot import w2bench
+from neural_ot.w2 import W2Map, W2Trainer, gaussian
+from neural_ot.w2bench import metrics
 from neural_ot.w2.fit import _Sampler, _dual_w2, _train_step
 
 
 def gaussian_pair(d, seed=0):
+  """A random Gaussian pair N(m1, s1) -> N(m2, s2) with its closed-form map."""
   rng = np.random.default_rng(seed)
   m1, m2 = rng.normal(size=d), rng.normal(size=d)
   r1, r2 = rng.normal(size=(d, d)), rng.normal(size=(d, d))
   s1, s2 = r1 @ r1.T / d + 0.3 * np.eye(d), r2 @ r2.T / d + 0.3 * np.eye(d)
-  l1, l2 = np.linalg.cholesky(s1).astype(np.float32), np.linalg.cholesky(s2).astype(np.float32)
-  m1f, m2f = m1.astype(np.float32), m2.astype(np.float32)
-  src = lambda k, n: m1f + jax.random.normal(k, (n, d)) @ l1.T
-  tgt = lambda k, n: m2f + jax.random.normal(k, (n, d)) @ l2.T
-  a, b = gaussian_map(m1, s1, m2, s2)
-  return src, tgt, np.asarray(a), np.asarray(b), s1, s2
-
-
-def uvp(pred, true, var):
-  return float(100 * np.mean(np.sum((np.asarray(pred) - true) ** 2, -1)) / var)
+  return w2bench.gaussian_pair(m1, s1, m2, s2, name=f"gaussian d={d}")
 
 
 def run_ours(name, trainer, pair, budget, batch, seed=0):
-  src, tgt, a, b, s1, s2 = pair
-  d = a.shape[0]
+  src, tgt, d = pair.sample_source, pair.sample_target, pair.dim
   key = jax.random.PRNGKey(seed)
-  xm, ym = np.asarray(src(jax.random.PRNGKey(1), 4096)), np.asarray(tgt(jax.random.PRNGKey(2), 4096))
-  mom = lambda z: (jnp.asarray(z.mean(0)), jnp.asarray(np.cov(z.T)))
+  xm, ym = src(jax.random.PRNGKey(1), 4096), tgt(jax.random.PRNGKey(2), 4096)
 
   def make(steps):
-    state = trainer.init_state(key, d, steps, mom(xm), mom(ym))
+    state = trainer.init_state(key, d, steps, gaussian.moments(xm), gaussian.moments(ym))
     step = lambda st: _train_step(st, key, None, None, trainer=trainer, src_fn=_Sampler(src, "float32"),
                                   tgt_fn=_Sampler(tgt, "float32"), batch_size=batch, steps=steps)
     return state, step
@@ -85,13 +76,11 @@ def run_ours(name, trainer, pair, budget, batch, seed=0):
 
 
 def finish(name, pair, fwd, inv, t_steps, compile_s, iters, steps, wall):
-  src, tgt, a, b, s1, s2 = pair
-  x = np.asarray(src(jax.random.PRNGKey(100), 4096))
-  y = np.asarray(tgt(jax.random.PRNGKey(101), 4096))
+  """Timing summary plus L2-UVP of both maps on 4096 fresh pairs (X, T(X))."""
+  scores = metrics.evaluate(pair, fwd, inv, n=4096, seed=100)
   return {"method": name, "step_ms": 1000 * float(np.median(t_steps[5:] or t_steps)),
           "compile_s": compile_s, "conj_iters": float(np.mean(iters)), "steps": steps,
-          "wall_s": wall, "uvp_fwd": uvp(fwd(x), x @ a.T + b, np.trace(s2)),
-          "uvp_inv": uvp(inv(y), np.linalg.solve(a, (y - b).T).T, np.trace(s1))}
+          "wall_s": wall, "uvp_fwd": scores["uvp_fwd"], "uvp_inv": scores["uvp_inv"]}
 
 
 def run_ott(name, pair, budget, batch, matched: bool, seed=0):
@@ -99,8 +88,7 @@ def run_ott(name, pair, budget, batch, matched: bool, seed=0):
   from ott.neural.networks import icnn
   from ott.neural.networks.layers import conjugate
 
-  src, tgt, a, b, s1, s2 = pair
-  d = a.shape[0]
+  src, tgt, d = pair.sample_source, pair.sample_target, pair.dim
   kw = {}
   if matched:  # our architecture sizes, learning rate and conjugate budget
     kw = dict(neural_f=icnn.ICNN(dim_data=d, dim_hidden=[64, 64, 64]),

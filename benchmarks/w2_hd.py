@@ -93,6 +93,11 @@ def write_results(out_dir, path):
         lines.append(f"| {d} | published: {name} | | | | {vals[d]} | | | |")
   lines += ["", "Published figures come from secondary summaries of the papers (GPU, 100k-250k "
             "steps at batch 1024); see `../shared/docs/W2_BENCHMARK.md`."]
+  # A hand-written "## Reading" section at the end of the file survives regeneration.
+  if os.path.isfile(path):
+    old = open(path).read()
+    if "\n## Reading" in old:
+      lines += ["", old[old.index("\n## Reading") + 1:].rstrip()]
   with open(path, "w") as fh:
     fh.write("\n".join(lines) + "\n")
 

@@ -84,6 +84,8 @@ def test_bad_input(model):
     model.predict(a[0], 2 * b[0])
   with pytest.raises(ValueError, match="`epsilon` must be > 0"):
     fit_meta(pairs, X, 0.0, steps=1)
+  with pytest.raises(ValueError, match="`steps` must be an int >= 1"):
+    fit_meta(pairs, X, EPS, steps=0)
   with pytest.raises(ValueError, match="`base` must be"):
     fit_meta(pairs, X, EPS, steps=1, base="ones")
   with pytest.raises(ValueError, match=r"must return two \(k, 36\) arrays"):

@@ -1,6 +1,5 @@
 """Execute every tutorial notebook with small sizes (NEURAL_OT_SMALL=1)."""
 
-import os
 import pathlib
 
 import nbformat

@@ -160,8 +160,10 @@ def test_save_load_roundtrip_and_numpy_inputs(tmp_path):
   with pytest.raises(ValueError, match=r"`x` must have shape \(n, 2\)"):
     mp.transport(np.zeros((4, 3)))
   (tmp_path / "junk.msgpack").write_bytes(b"\x80")
-  with pytest.raises(Exception):
+  with pytest.raises(ValueError, match="is not a neural_ot W2 map file"):
     load_map(str(tmp_path / "junk.msgpack"))
+  with pytest.raises(FileNotFoundError):
+    load_map(str(tmp_path / "missing.msgpack"))
 
 
 def test_no_retrace_on_new_data_of_the_same_shape():

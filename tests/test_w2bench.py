@@ -115,6 +115,8 @@ def test_potential_pair_from_a_user_convex_function():
   x = jax.random.normal(jax.random.PRNGKey(1), (10, 2))
   np.testing.assert_allclose(pair.true_map(x), x @ a + jax.nn.sigmoid(x), atol=1e-5)
   assert pair.var_source == pytest.approx(2.0, rel=0.03)
+  with pytest.raises(ValueError, match=r"must return shape \(n, 3\)"):
+    w2bench.potential_pair(lambda k, n: jax.random.normal(k, (n, 2)), psi, 3)
 
 
 def test_load_pair_reports_missing_files(tmp_path):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from neural_ot.geometry import SqEuclidean
 from neural_ot.w2 import checkpoint
 
 __all__ = ["MetaOT", "fit_meta", "load_meta", "c_transform", "dual_value", "gaussian_init"]
@@ -40,7 +41,7 @@ class _Net(nn.Module):
 
 def _cost(x):
   x = jnp.asarray(x)
-  return jnp.sum((x[:, None] - x[None]) ** 2, -1)
+  return SqEuclidean().pairwise(x, x)
 
 
 def c_transform(f, a, cost, eps):
@@ -168,6 +169,9 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
   support = jnp.asarray(support, jnp.float32)
   if support.ndim != 2:
     raise ValueError(f"fit_meta: `support` must have shape (n, d), got {tuple(support.shape)}.")
+  for name, val in (("steps", steps), ("batch_size", batch_size)):
+    if not (isinstance(val, (int, np.integer)) and val >= 1):
+      raise ValueError(f"fit_meta: `{name}` must be an int >= 1, got {val!r}.")
   if base not in ("gaussian", "zeros"):
     raise ValueError(f"fit_meta: `base` must be 'gaussian' or 'zeros', got {base!r}.")
   if not float(epsilon) > 0:

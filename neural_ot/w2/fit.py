@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neural_ot.w2 import checkpoint
+from neural_ot.w2 import checkpoint, gaussian
 from neural_ot.w2.maps import W2Map
 from neural_ot.w2.trainer import TrainState, W2Trainer, as_config
 
@@ -157,7 +157,7 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
   k_init, k_data = jax.random.split(key)
   moments = None
   if trainer.init == "gaussian":
-    moments = (_moments(src_mom), _moments(tgt_mom))
+    moments = (gaussian.moments(src_mom), gaussian.moments(tgt_mom))
   state = trainer.init_state(k_init, dim, steps, *(moments or (None, None)), dtype=dtype)
 
   train_step = functools.partial(_train_step, trainer=trainer, src_fn=src_fn, tgt_fn=tgt_fn,
@@ -218,12 +218,6 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
   save(good, history)
   w2 = _dual_w2(trainer, good.params, src_mom[:_N_EVAL], tgt_mom[:_N_EVAL])
   return make_map(good, w2)
-
-
-def _moments(x):
-  m = x.mean(0)
-  xc = x - m
-  return jnp.asarray(m), jnp.asarray(xc.T @ xc / max(len(x) - 1, 1))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -100,12 +100,14 @@ class W2Map:
 
 def load_map(path: str) -> W2Map:
   """Load a map written by :meth:`W2Map.save`."""
-  raw = checkpoint.load(path)
   try:
+    raw = checkpoint.load(path)
     meta = json.loads(raw["meta"])
     if meta.get("format") != _FORMAT:
       raise KeyError("format")
-  except (KeyError, TypeError, ValueError) as exc:
+  except FileNotFoundError:
+    raise
+  except Exception as exc:  # msgpack, JSON or layout errors all mean "not a map file"
     raise ValueError(f"load_map: {path!r} is not a neural_ot W2 map file.") from exc
   trainer = W2Trainer(**meta["trainer"])
   params = jax.tree.map(jnp.asarray, raw["params"])

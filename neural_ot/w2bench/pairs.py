@@ -92,6 +92,10 @@ def potential_pair(sample_source: Callable, potential: Callable, dim: int,
   By Brenier's theorem ``grad psi`` is the OT map when ``psi`` is convex (not checked here).
   The constants are Monte-Carlo estimates on 32768 samples.
   """
+  probe = jnp.asarray(sample_source(jax.random.PRNGKey(0), 4))
+  if probe.shape != (4, dim):
+    raise ValueError(f"potential_pair: `sample_source(key, n)` must return shape (n, {dim}); "
+                     f"for n=4 it returned {tuple(probe.shape)}.")
   map_fn = jax.jit(jax.vmap(jax.grad(potential)))
   var_s, var_t, two_cost = _mc_constants(sample_source, map_fn)
   return KnownMapPair(dim, sample_source, map_fn, var_s, var_t, two_cost, name)
