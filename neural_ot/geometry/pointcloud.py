@@ -8,6 +8,14 @@ drop out of every sum (this is how padding works).
 Dense mode materialises the ``(n, m)`` cost matrix once. Online mode never
 does: it recomputes cost tiles of ``tile_size`` rows (or columns) against the
 whole other cloud, so memory is ``O(tile_size * max(n, m) + (n + m) d)``.
+
+Sharded mode (``mesh`` set, always online) splits both clouds and their
+potentials into equal blocks along one axis of a device mesh. A reduction
+keeps each device's block of the kept axis and passes the blocks of the
+reduced axis around a ring (``ppermute``), accumulating partial sums (or
+log-sum-exps) tile by tile: no device ever holds more than one block of each
+cloud, and no ``n x m`` array exists anywhere. Per device: memory
+``O((n + m) d / devices + tile_size * m / devices)``, time ``O(n m / devices)``.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
 from neural_ot.geometry import costs as costs_lib
 
@@ -53,6 +62,8 @@ class PointCloud:
     cost: a :class:`~neural_ot.geometry.costs.Cost` (static).
     online: whether cost tiles are recomputed on the fly (static).
     tile_size: rows (or columns) per tile in online mode (static).
+    mesh: a :class:`jax.sharding.Mesh` to shard both clouds over (static), or None.
+    axis_name: the mesh axis the points are split along (static).
   """
 
   x: jax.Array
@@ -61,16 +72,32 @@ class PointCloud:
   cost: costs_lib.Cost = dataclasses.field(metadata=dict(static=True))
   online: bool = dataclasses.field(metadata=dict(static=True))
   tile_size: int = dataclasses.field(metadata=dict(static=True))
+  mesh: Mesh | None = dataclasses.field(default=None, metadata=dict(static=True))
+  axis_name: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
   @classmethod
-  def create(cls, x, y, cost=None, online: bool | None = None, tile_size: int = 256):
+  def create(cls, x, y, cost=None, online: bool | None = None, tile_size: int = 256,
+             mesh: Mesh | None = None, axis_name: str | None = None):
     cost = costs_lib.as_cost(cost)
     n, m = x.shape[0], y.shape[0]
+    if mesh is not None:
+      axis_name = check_mesh_axis(mesh, axis_name)
+      size = mesh.shape[axis_name]
+      for name, k in (("x", n), ("y", m)):
+        if k % size:
+          raise ValueError(
+              f"PointCloud: `{name}` has {k} points, which does not split evenly over the "
+              f"{size} devices of mesh axis {axis_name!r}; pad it with zero-weight points "
+              f"(neural_ot.sharding.pad_points) or let neural_ot.sinkhorn(..., mesh=) do it.")
+      if online is False:
+        raise ValueError("PointCloud: a sharded geometry (`mesh` given) is always online; "
+                         "got online=False.")
+      online = True
     if online is None:
       online = n * m > ONLINE_AUTO_THRESHOLD
     cmat = None if online else cost.pairwise(x, y)
     return cls(x=x, y=y, cost_matrix=cmat, cost=cost, online=bool(online),
-               tile_size=int(tile_size))
+               tile_size=int(tile_size), mesh=mesh, axis_name=axis_name)
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -105,6 +132,8 @@ class PointCloud:
     ``wcost`` -> sum exp(Z) * C; ``wcost_lin`` -> sum exp(v) * C (mean cost).
     The result is indexed by the kept axis.
     """
+    if self.mesh is not None:
+      return self._sharded_reduce(u, v, eps, axis, kind, vec)
 
     # Give every reduction its own copies of u, v, eps: otherwise XLA:CPU shares
     # their (n, m) broadcasts between the two passes of an iteration and
@@ -156,6 +185,45 @@ class PointCloud:
     out = jax.lax.map(tile, (pts, pot))
     return out.reshape((nb * t,) + out.shape[2:])[:k]
 
+  def _sharded_reduce(self, u, v, eps, axis: int, kind: str, vec):
+    """``_reduce`` over a device mesh: kept blocks stay, reduced blocks go round a ring."""
+    ax = self.axis_name
+    ndev = self.mesh.shape[ax]
+    perm = [(i, (i + 1) % ndev) for i in range(ndev)]
+    has_vec = vec is not None
+    if axis == 1:
+      keep_pts, keep_pot, ring_pts, ring_pot = self.x, u, self.y, v
+    else:
+      keep_pts, keep_pot, ring_pts, ring_pot = self.y, v, self.x, u
+    ring_vec = vec if has_vec else jnp.zeros(ring_pot.shape, ring_pot.dtype)
+    cost, tile = self.cost, self.tile_size
+
+    def partial_reduce(kp, kpot, rp, rpot, rvec, e):
+      if axis == 1:
+        local = PointCloud(kp, rp, None, cost, True, tile)
+        return local._reduce(kpot, rpot, e, axis, kind, rvec if has_vec else None)
+      local = PointCloud(rp, kp, None, cost, True, tile)
+      return local._reduce(rpot, kpot, e, axis, kind, rvec if has_vec else None)
+
+    def combine(acc, part):
+      return jnp.logaddexp(acc, part) if kind == "lse" else acc + part
+
+    def per_device(kp, kpot, rp, rpot, rvec, e):
+      acc = partial_reduce(kp, kpot, rp, rpot, rvec, e)
+
+      def hop(_, carry):
+        acc, rp, rpot, rvec = carry
+        rp, rpot, rvec = jax.lax.ppermute((rp, rpot, rvec), ax, perm)
+        return combine(acc, partial_reduce(kp, kpot, rp, rpot, rvec, e)), rp, rpot, rvec
+
+      return jax.lax.fori_loop(0, ndev - 1, hop, (acc, rp, rpot, rvec))[0]
+
+    spec = PartitionSpec(ax)
+    fn = jax.shard_map(per_device, mesh=self.mesh,
+                       in_specs=(spec, spec, spec, spec, spec, PartitionSpec()),
+                       out_specs=spec)
+    return fn(keep_pts, keep_pot, ring_pts, ring_pot, ring_vec, jnp.asarray(eps, u.dtype))
+
   def kernel_sum(self, u, v, eps, axis: int):
     """``sum exp((u_i + v_j - C_ij)/eps)`` over ``axis`` (single pass, unstabilised)."""
     return self._reduce(u, v, eps, axis, "sum")
@@ -171,3 +239,18 @@ class PointCloud:
   def plan_cost_rows(self, u, v, eps):
     """``sum_j P_ij C_ij`` for each row ``i``."""
     return self._reduce(u, v, eps, 1, "wcost")
+
+
+def check_mesh_axis(mesh, axis_name: str | None) -> str:
+  """The mesh axis to shard points along: ``axis_name``, or the mesh's only axis."""
+  if not isinstance(mesh, Mesh):
+    raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
+  if axis_name is None:
+    if len(mesh.axis_names) != 1:
+      raise ValueError(f"`axis_name` is required for a mesh with several axes "
+                       f"{tuple(mesh.axis_names)}.")
+    return mesh.axis_names[0]
+  if axis_name not in mesh.axis_names:
+    raise ValueError(f"`axis_name` must be one of the mesh axes {tuple(mesh.axis_names)}, "
+                     f"got {axis_name!r}.")
+  return axis_name

@@ -7,21 +7,21 @@ import dataclasses
 import jax
 
 from neural_ot import _validation
-from neural_ot.geometry.pointcloud import PointCloud
 from neural_ot.sinkhorn.solver import Sinkhorn
 
 __all__ = ["sinkhorn_divergence"]
 
 
 def _divergence(solver: Sinkhorn, x, y, a, b, epsilon):
-  mk = lambda p, q: PointCloud.create(p, q, solver.cost, solver.online, solver.tile_size)
-  gxy = mk(x, y)
+  gxy, ap, bp, _, _ = solver.geometry(x, y, a, b)
   if solver.relative_epsilon:
-    epsilon = epsilon * jax.lax.stop_gradient(gxy.mean_cost(a, b))
+    epsilon = epsilon * jax.lax.stop_gradient(gxy.mean_cost(ap, bp))
   absolute = dataclasses.replace(solver, relative_epsilon=False)
-  oxy = absolute.solve(gxy, a, b, epsilon)
-  oxx = absolute.solve(mk(x, x), a, a, epsilon)
-  oyy = absolute.solve(mk(y, y), b, b, epsilon)
+  oxy = absolute.solve(gxy, ap, bp, epsilon)
+  gxx, ap, _, _, _ = solver.geometry(x, x, a, a)
+  oxx = absolute.solve(gxx, ap, ap, epsilon)
+  gyy, bp, _, _, _ = solver.geometry(y, y, b, b)
+  oyy = absolute.solve(gyy, bp, bp, epsilon)
   div = oxy.reg_ot_cost - 0.5 * (oxx.reg_ot_cost + oyy.reg_ot_cost)
   return div, (oxy, oxx, oyy)
 
@@ -50,7 +50,7 @@ def sinkhorn_divergence(x, y, a=None, b=None, *, epsilon, return_outputs: bool =
     >>> float(neural_ot.sinkhorn_divergence(x, x, epsilon=0.1)) < 1e-5
     True
   """
-  solver = Sinkhorn(**kwargs)
+  solver = Sinkhorn(**kwargs).with_input_sharding(x)
   if not solver.balanced:
     raise ValueError("sinkhorn_divergence: `rho_a`/`rho_b` are not supported (balanced only).")
   x, y, a, b, epsilon, _ = _validation.check_problem(x, y, a, b, epsilon, None, balanced=True)

@@ -16,6 +16,14 @@ def _safe_log(w):
   return jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
 
 
+def _fit(v, size, fill):
+  """Pad ``v`` along axis 0 with ``fill`` up to ``size`` (no-op when it already fits)."""
+  k = v.shape[0]
+  if k == size:
+    return v
+  return jnp.concatenate([v, jnp.full((size - k,) + v.shape[1:], fill, v.dtype)])
+
+
 class SinkhornOutput(NamedTuple):
   """Result of :func:`neural_ot.sinkhorn`.
 
@@ -61,14 +69,19 @@ class SinkhornOutput(NamedTuple):
 
   @property
   def _folded(self):
-    return (self.f + self.epsilon * _safe_log(self.a),
-            self.g + self.epsilon * _safe_log(self.b))
+    # A sharded solve may have padded the geometry with zero-weight points:
+    # pad the potentials to match (folded value -inf: they drop out).
+    n, m = self.geom.shape
+    return (_fit(self.f + self.epsilon * _safe_log(self.a), n, -jnp.inf),
+            _fit(self.g + self.epsilon * _safe_log(self.b), m, -jnp.inf))
 
   def apply(self, vec: jax.Array, axis: int = 1) -> jax.Array:
     """``P @ vec`` (``axis=1``, vec ``(m,)`` or ``(m, k)``) or ``P.T @ vec``
     (``axis=0``, vec ``(n,)`` or ``(n, k)``) without forming ``P`` in online mode."""
     u, v = self._folded
-    return self.geom.apply_plan(u, v, self.epsilon, vec, axis)
+    kept = self.f.shape[0] if axis == 1 else self.g.shape[0]
+    vec = _fit(vec, self.geom.shape[axis], 0.0)
+    return self.geom.apply_plan(u, v, self.epsilon, vec, axis)[:kept]
 
   @property
   def marginals(self) -> tuple[jax.Array, jax.Array]:
@@ -76,13 +89,14 @@ class SinkhornOutput(NamedTuple):
     u, v = self._folded
     r = jnp.exp(self.geom.lse(u, v, self.epsilon, axis=1))
     c = jnp.exp(self.geom.lse(u, v, self.epsilon, axis=0))
-    return r, c
+    return r[:self.f.shape[0]], c[:self.g.shape[0]]
 
   @property
   def matrix(self) -> jax.Array:
     """The dense ``(n, m)`` transport plan (only for problems that fit in memory)."""
     u, v = self._folded
-    return jnp.exp((u[:, None] + v[None, :] - self.geom.materialize()) / self.epsilon)
+    p = jnp.exp((u[:, None] + v[None, :] - self.geom.materialize()) / self.epsilon)
+    return p[:self.f.shape[0], :self.g.shape[0]]
 
   @property
   def primal_cost(self) -> jax.Array:
@@ -98,5 +112,5 @@ class SinkhornOutput(NamedTuple):
   def barycentric_map(self) -> jax.Array:
     """Barycentric projection ``T(x_i) = sum_j P_ij y_j / sum_j P_ij``, shape ``(n, d)``."""
     num = self.apply(self.geom.y, axis=1)
-    den = self.apply(jnp.ones(self.geom.shape[1], self.f.dtype), axis=1)
+    den = self.apply(jnp.ones(self.g.shape[0], self.f.dtype), axis=1)
     return num / den[:, None]

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from neural_ot import _validation
 from neural_ot.geometry import costs as costs_lib
-from neural_ot.geometry.pointcloud import PointCloud
+from neural_ot.geometry.pointcloud import PointCloud, check_mesh_axis
 from neural_ot.sinkhorn.output import SinkhornOutput
 
 __all__ = ["Sinkhorn", "SinkhornState", "sinkhorn", "dual_objective"]
@@ -129,6 +129,13 @@ class Sinkhorn:
     tile_size: rows per tile in online mode.
     record_errors: keep the per-iteration marginal errors in the output.
     cg_tol, cg_maxiter, ridge: conjugate gradient settings for implicit diff.
+    mesh: a :class:`jax.sharding.Mesh`: split both clouds (and potentials) in
+      equal blocks over its devices and solve online with ring reductions (no
+      device holds more than its blocks; no ``n x m`` array anywhere). Point
+      counts that do not divide are padded with zero-weight points (results are
+      trimmed back). Inputs already placed with a ``NamedSharding`` along
+      axis 0 select this mode by themselves.
+    axis_name: the mesh axis to split along (default: the mesh's only axis).
   """
 
   tol: float = 1e-3
@@ -147,10 +154,17 @@ class Sinkhorn:
   cg_tol: float = 1e-6
   cg_maxiter: int = 500
   ridge: float = 1e-6
+  mesh: Any = None
+  axis_name: str | None = None
 
   def __post_init__(self):
     _validation.check_config(self)
     object.__setattr__(self, "cost", costs_lib.as_cost(self.cost))
+    if self.mesh is not None:
+      object.__setattr__(self, "axis_name", check_mesh_axis(self.mesh, self.axis_name))
+      if self.online is False:
+        raise ValueError("Sinkhorn: the sharded solver (`mesh` given) is always online; "
+                         "got online=False.")
 
   @property
   def balanced(self) -> bool:
@@ -347,14 +361,52 @@ class Sinkhorn:
         (unfolded potentials); ``g`` is recomputed as the exact c-transform of
         ``f`` when ``f`` is given.
     """
+    solver = self.with_input_sharding(x)
     x, y, a, b, epsilon, init = _validation.check_problem(
         x, y, a, b, epsilon, init, balanced=self.balanced)
-    return _jitted_solve(self, x, y, a, b, epsilon, init)
+    return _jitted_solve(solver, x, y, a, b, epsilon, init)
+
+  def with_input_sharding(self, x) -> "Sinkhorn":
+    """This solver, sharded like ``x`` if ``x`` is split along axis 0 by a NamedSharding."""
+    if self.mesh is not None:
+      return self
+    from neural_ot.sharding import mesh_of  # pylint: disable=import-outside-toplevel
+    found = mesh_of(x)
+    if found is None:
+      return self
+    return dataclasses.replace(self, mesh=found[0], axis_name=found[1],
+                               online=None if self.online is False else self.online)
+
+  def geometry(self, x, y, a, b):
+    """``(geom, a, b, n_pad_x, n_pad_y)``: the (sharded and padded, if ``mesh``) problem."""
+    if self.mesh is None:
+      return PointCloud.create(x, y, self.cost, self.online, self.tile_size), a, b, 0, 0
+    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+    from neural_ot.sharding import pad_points  # pylint: disable=import-outside-toplevel
+    size = self.mesh.shape[self.axis_name]
+    n, m = x.shape[0], y.shape[0]
+    x, a = pad_points(x, a, size)
+    y, b = pad_points(y, b, size)
+    place = lambda z: jax.lax.with_sharding_constraint(
+        z, NamedSharding(self.mesh, PartitionSpec(self.axis_name)))
+    x, y, a, b = map(place, (x, y, a, b))
+    geom = PointCloud.create(x, y, self.cost, True, self.tile_size, self.mesh, self.axis_name)
+    return geom, a, b, x.shape[0] - n, y.shape[0] - m
+
+
+def _pad(v, k):
+  return v if v is None or k == 0 else jnp.concatenate([v, jnp.zeros((k,), v.dtype)])
 
 
 def _solve_entry(solver: Sinkhorn, x, y, a, b, epsilon, init):
-  geom = PointCloud.create(x, y, solver.cost, solver.online, solver.tile_size)
-  return solver.solve(geom, a, b, epsilon, init)
+  n, m = x.shape[0], y.shape[0]
+  geom, a, b, px, py = solver.geometry(x, y, a, b)
+  if init is not None and (px or py):
+    init = (_pad(init[0], px), _pad(init[1], py))
+  out = solver.solve(geom, a, b, epsilon, init)
+  if px or py:  # trim the padding (geom keeps it; the output's methods handle that)
+    out = out._replace(f=out.f[:n], g=out.g[:m], a=out.a[:n], b=out.b[:m])
+  return out
 
 
 _jitted_solve = jax.jit(_solve_entry, static_argnums=0)

@@ -1,0 +1,68 @@
+"""Helpers for running on several devices with :mod:`jax.sharding`.
+
+The library's sharded code paths take a :class:`jax.sharding.Mesh`; these
+helpers build one and place point clouds on it. Nothing here is needed on one
+device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from neural_ot.geometry.pointcloud import check_mesh_axis
+
+__all__ = ["make_mesh", "pad_points", "shard_points", "mesh_of"]
+
+
+def make_mesh(devices=None, axis_name: str = "points") -> Mesh:
+  """A one-axis mesh over ``devices`` (default: all devices of the default backend)."""
+  devices = jax.devices() if devices is None else list(devices)
+  if not devices:
+    raise ValueError("make_mesh: `devices` is empty.")
+  return Mesh(np.array(devices), (axis_name,))
+
+
+def pad_points(x, w, multiple: int):
+  """Pad ``x: (n, d)`` and weights ``w: (n,)`` to a multiple of ``multiple`` points.
+
+  Padding points copy the first point and get weight 0, so they drop out of
+  every Sinkhorn reduction. Returns ``(x, w)``; a no-op when already a multiple.
+  """
+  n = x.shape[0]
+  pad = (-n) % multiple
+  if pad == 0:
+    return x, w
+  x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])
+  w = jnp.concatenate([w, jnp.zeros((pad,), w.dtype)])
+  return x, w
+
+
+def shard_points(x, mesh: Mesh, axis_name: str | None = None):
+  """Place ``x`` (points along axis 0) in equal blocks over a mesh axis."""
+  axis_name = check_mesh_axis(mesh, axis_name)
+  size = mesh.shape[axis_name]
+  if x.shape[0] % size:
+    raise ValueError(f"shard_points: {x.shape[0]} points do not split over {size} devices; "
+                     f"pad them first (pad_points).")
+  return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis_name)))
+
+
+def mesh_of(x):
+  """``(mesh, axis_name)`` if ``x`` is split along axis 0 by a NamedSharding, else None."""
+  sharding = getattr(x, "sharding", None)
+  if not isinstance(sharding, NamedSharding) or math.prod(sharding.mesh.devices.shape) == 1:
+    return None
+  spec = sharding.spec
+  if len(spec) == 0 or spec[0] is None:
+    return None
+  axis = spec[0]
+  if isinstance(axis, tuple):
+    if len(axis) != 1:
+      return None
+    axis = axis[0]
+  return sharding.mesh, axis
