@@ -74,13 +74,21 @@ def _as_source(data, name: str, batch_size: int, dtype):
   return _from_array, arr.shape[1], jnp.asarray(arr), arr[:_N_EVAL * 4]
 
 
-@functools.partial(jax.jit, static_argnames=("trainer", "src_fn", "tgt_fn", "batch_size", "steps"))
+@functools.partial(jax.jit, static_argnames=("trainer", "src_fn", "tgt_fn", "batch_size", "steps",
+                                             "batch_sharding"))
 def _train_step(state: TrainState, key, src_data, tgt_data, *, trainer, src_fn, tgt_fn,
-                batch_size, steps):
-  """Draw the batches of step ``state.step`` (``fold_in(key, step)``) and take one step."""
+                batch_size, steps, batch_sharding=None):
+  """Draw the batches of step ``state.step`` (``fold_in(key, step)``) and take one step.
+
+  With ``batch_sharding`` the batches are split over the devices of a mesh (the
+  parameters are replicated); XLA reduces the gradients across devices.
+  """
   ks, kt = jax.random.split(jax.random.fold_in(key, state.step))
   x = src_fn(ks, batch_size, src_data)
   y = tgt_fn(kt, batch_size, tgt_data)
+  if batch_sharding is not None:
+    x = jax.lax.with_sharding_constraint(x, batch_sharding)
+    y = jax.lax.with_sharding_constraint(y, batch_sharding)
   return trainer.step(state, x, y, steps)
 
 
@@ -101,7 +109,7 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
            checkpoint_dir: str | None = None, checkpoint_every: int = 500, resume: bool = True,
            eval_fn: Callable | None = None, eval_every: int = 0, callback: Callable | None = None,
            progress: bool = True, log_every: int = 100, max_param_norm: float = 1e6,
-           dtype=None, **options) -> W2Map:
+           dtype=None, mesh=None, axis_name: str | None = None, **options) -> W2Map:
   """Learn the W2 optimal map ``T = grad f`` (``f`` convex) from ``source`` to ``target``.
 
   Args:
@@ -119,6 +127,11 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
     progress: print a progress line to stderr every ``log_every`` steps.
     max_param_norm: stop with :class:`TrainingDivergedError` beyond this parameter norm.
     dtype: float dtype of training (default float32, or float64 under x64).
+    mesh: a :class:`jax.sharding.Mesh`: data-parallel training, each step's batch split
+      over the devices of ``axis_name`` (default: the mesh's only axis), parameters and
+      optimizer state replicated, gradients reduced across devices by XLA. Same batches
+      as on one device, so the same seed gives the same run up to float round-off.
+      ``batch_size`` must be a multiple of the number of devices.
     **options: fields of :class:`W2Trainer` (potential, hidden, amortization, finetune,
       finetune_iters, learning_rate, init, ...).
 
@@ -160,8 +173,21 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
     moments = (gaussian.moments(src_mom), gaussian.moments(tgt_mom))
   state = trainer.init_state(k_init, dim, steps, *(moments or (None, None)), dtype=dtype)
 
+  batch_sharding = None
+  if mesh is not None:
+    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+    from neural_ot.geometry.pointcloud import check_mesh_axis  # pylint: disable=import-outside-toplevel
+    axis_name = check_mesh_axis(mesh, axis_name)
+    ndev = mesh.shape[axis_name]
+    if batch_size % ndev:
+      raise ValueError(f"fit_w2: `batch_size` ({batch_size}) must be a multiple of the "
+                       f"{ndev} devices of mesh axis {axis_name!r}.")
+    batch_sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
   train_step = functools.partial(_train_step, trainer=trainer, src_fn=src_fn, tgt_fn=tgt_fn,
-                                 batch_size=int(batch_size), steps=int(steps))
+                                 batch_size=int(batch_size), steps=int(steps),
+                                 batch_sharding=batch_sharding)
 
   fingerprint = _fingerprint(trainer, steps, batch_size, seed, dim)
   ckpt_path = os.path.join(checkpoint_dir, _CKPT) if checkpoint_dir else None
@@ -170,6 +196,8 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
     state, history = _restore(ckpt_path, state, fingerprint)
     if progress:
       sys.stderr.write(f"[neural-ot] resuming from step {int(state.step)} ({ckpt_path})\n")
+  if mesh is not None:
+    state, src_data, tgt_data = jax.device_put((state, src_data, tgt_data), replicated)
 
   def save(st, hist):
     if ckpt_path:
