@@ -2,7 +2,7 @@
 
 from neural_ot.geometry import Cosine, Cost, FunctionCost, PNorm, PointCloud, SqEuclidean
 from neural_ot.sinkhorn import (Sinkhorn, SinkhornOutput, SinkhornState, dual_objective,
-                                sinkhorn, sinkhorn_divergence)
+                                sinkhorn, sinkhorn_batch, sinkhorn_divergence)
 
 __version__ = "0.1.0"
 
@@ -21,5 +21,5 @@ def __getattr__(name):
 __all__ = [
     "Cosine", "Cost", "FunctionCost", "PNorm", "PointCloud", "SqEuclidean",
     "Sinkhorn", "SinkhornOutput", "SinkhornState", "dual_objective", "sinkhorn",
-    "sinkhorn_divergence", *_LAZY,
+    "sinkhorn_batch", "sinkhorn_divergence", *_LAZY,
 ]

@@ -76,6 +76,19 @@ def check_epsilon(epsilon):
   return epsilon
 
 
+def check_epsilon_batch(epsilon, batch: int):
+  """A positive scalar or ``(batch,)`` vector of epsilons."""
+  if epsilon is None:
+    raise ValueError("`epsilon` is required (a positive float or one per problem).")
+  if is_concrete(epsilon):
+    e = np.asarray(epsilon, np.float64)
+    if e.shape not in ((), (batch,)):
+      raise ValueError(f"`epsilon` must be a scalar or have shape ({batch},), got {e.shape}.")
+    if not np.all(np.isfinite(e)) or not np.all(e > 0):
+      raise ValueError(f"`epsilon` must be positive and finite, got min {e.min():.3g}.")
+  return epsilon
+
+
 def check_problem(x, y, a, b, epsilon, init, balanced: bool):
   x = check_points(x, "x")
   y = check_points(y, "y")

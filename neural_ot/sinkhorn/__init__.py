@@ -1,8 +1,9 @@
 """Entropic optimal transport between point clouds."""
 
+from neural_ot.sinkhorn.batch import sinkhorn_batch
 from neural_ot.sinkhorn.divergence import sinkhorn_divergence
 from neural_ot.sinkhorn.output import SinkhornOutput
 from neural_ot.sinkhorn.solver import Sinkhorn, SinkhornState, dual_objective, sinkhorn
 
 __all__ = ["Sinkhorn", "SinkhornOutput", "SinkhornState", "dual_objective", "sinkhorn",
-           "sinkhorn_divergence"]
+           "sinkhorn_batch", "sinkhorn_divergence"]
