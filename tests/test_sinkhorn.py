@@ -328,3 +328,41 @@ def test_bad_options_raise():
     neural_ot.Sinkhorn(rho_a=-1.0)
   with pytest.raises(TypeError, match="unknown option"):
     neural_ot.sinkhorn(np.zeros((3, 2)), np.ones((3, 2)), epsilon=0.1, epsilson=3)
+
+
+def test_sinkhorn_batch_matches_pot_per_problem_and_stops_per_problem():
+  batch = 6
+  k = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(k[0], (batch, 10, 2))
+  y = 0.5 * jax.random.normal(k[1], (batch, 8, 2)) + 1.0
+  a = jax.random.uniform(k[2], (batch, 10)) + 0.1
+  a = a / a.sum(1, keepdims=True)
+  eps = jnp.array([0.1, 0.15, 0.2, 0.3, 0.5, 1.0])
+  out = neural_ot.sinkhorn_batch(x, y, a, epsilon=eps, tol=1e-6, max_iters=5000)
+  assert out.reg_ot_cost.shape == (batch,) and out.f.shape == (batch, 10)
+  for i in range(batch):
+    M = np.asarray(neural_ot.SqEuclidean().pairwise(x[i], y[i]), np.float64)
+    plan = ot.sinkhorn(np.asarray(a[i], np.float64), np.full(8, 1 / 8), M, float(eps[i]),
+                       method="sinkhorn_log", stopThr=1e-7, numItermax=20000)
+    one = jax.tree.map(lambda z: z[i], out)  # the i-th problem's output
+    np.testing.assert_allclose(np.sum(plan * M), float(one.primal_cost), rtol=1e-4)
+  assert len(set(np.asarray(out.n_iters).tolist())) > 1
+
+
+def test_sinkhorn_batch_bad_input():
+  x = jnp.zeros((3, 5, 2))
+  with pytest.raises(ValueError, match="`x` must have 3 dimensions"):
+    neural_ot.sinkhorn_batch(x[0], x[0], epsilon=0.1)
+  with pytest.raises(ValueError, match="agree in B and d"):
+    neural_ot.sinkhorn_batch(x, jnp.zeros((2, 5, 2)), epsilon=0.1)
+  with pytest.raises(ValueError, match=r"`a` must have shape \(3, 5\)"):
+    neural_ot.sinkhorn_batch(x, x, jnp.ones((3, 4)) / 4, epsilon=0.1)
+  bad = jnp.full((3, 5), 0.2).at[1, 0].set(-0.2)
+  with pytest.raises(ValueError, match="non-negative; problem 1"):
+    neural_ot.sinkhorn_batch(x, x, bad, epsilon=0.1)
+  with pytest.raises(ValueError, match="sum to 1 in every problem.*problem 2"):
+    neural_ot.sinkhorn_batch(x, x, jnp.full((3, 5), 0.2).at[2].set(0.3), epsilon=0.1)
+  with pytest.raises(ValueError, match=r"`epsilon` must be a scalar or have shape \(3,\)"):
+    neural_ot.sinkhorn_batch(x, x, epsilon=jnp.ones(2))
+  with pytest.raises(ValueError, match="`epsilon` must be positive"):
+    neural_ot.sinkhorn_batch(x, x, epsilon=jnp.array([0.1, 0.0, 0.1]))

@@ -1,0 +1,42 @@
+"""Runs tests/multidevice/sharded_checks.py on 4 forced CPU devices in a fresh process.
+
+``--xla_force_host_platform_device_count`` only takes effect before JAX starts,
+so the sharded checks cannot share this process.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import neural_ot
+from neural_ot.sharding import make_mesh
+
+HERE = pathlib.Path(__file__).parent
+
+
+@pytest.mark.slow
+def test_sharded_checks_on_four_cpu_devices():
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header",
+       "-o", "addopts=", str(HERE / "multidevice" / "sharded_checks.py")],
+      env=env, capture_output=True, text=True, timeout=1200, cwd=HERE.parent)
+  tail = proc.stdout[-6000:] + proc.stderr[-3000:]
+  assert proc.returncode == 0, tail
+  assert " passed" in proc.stdout and "skipped" not in proc.stdout, tail
+
+
+def test_one_device_mesh_equals_plain_solve():
+  import jax
+  import numpy as np
+  x = jax.random.normal(jax.random.PRNGKey(0), (37, 2))
+  y = x[:29] + 1.0
+  mesh = make_mesh(jax.devices()[:1])
+  out = neural_ot.sinkhorn(x, y, epsilon=0.1, tol=1e-5, mesh=mesh)
+  ref = neural_ot.sinkhorn(x, y, epsilon=0.1, tol=1e-5, online=True)
+  np.testing.assert_allclose(out.reg_ot_cost, ref.reg_ot_cost, rtol=1e-6)
+  np.testing.assert_allclose(out.f, ref.f, atol=1e-5)
