@@ -8,8 +8,11 @@ import jax.numpy as jnp
 
 
 def is_concrete(*xs) -> bool:
-  """True when no argument is a tracer (checks on values are only possible then)."""
-  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(xs))
+  """True when the values can be read here: no tracer, and no array spread over other
+  processes' devices (multi-host global arrays are checked by their owners, not here)."""
+  return not any(isinstance(x, jax.core.Tracer) or
+                 (isinstance(x, jax.Array) and not x.is_fully_addressable)
+                 for x in jax.tree.leaves(xs))
 
 
 def as_float_array(x, name: str, ndim: int | None = None):
