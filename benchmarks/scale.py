@@ -6,7 +6,8 @@ One run, three sections (``--sections``):
   solver on ``--devices`` devices (forced CPU devices when there is no
   accelerator: ``--xla_force_host_platform_device_count``). Per device: the
   compiled program's memory (XLA's memory analysis: arguments + temporaries;
-  one iteration, so it is the solver's working set) and the median time of one
+  one iteration, so it is the solver's working set; "1-dev MB" is the same
+  for the unsharded online solver) and the median time of one
   Sinkhorn iteration after warm-up (compile reported apart). Sizes whose
   iteration would take longer than ``--max-iter-s`` (estimated from the
   measured entries/s) are compiled and sized but not timed. At the smaller
@@ -27,6 +28,7 @@ Usage: python benchmarks/scale.py [--devices 4] [--sizes 10000 30000 100000 1000
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -86,7 +88,7 @@ def sharded_section(mesh):
   print(f"\n== sharded online Sinkhorn on {ndev} {jax.devices()[0].platform} devices "
         f"(tile {args.tile_size}, eps {args.eps} x mean cost) ==")
   print(f"{'n=m':>8} {'d':>2} {'compile s':>9} {'s/iter':>9} {'Gentry/s':>8} "
-        f"{'args MB/dev':>11} {'temp MB/dev':>11} {'dense C GB':>10}  {'check':<40}")
+        f"{'args MB/dev':>11} {'temp MB/dev':>11} {'1-dev MB':>8} {'dense C GB':>10}  {'check':<40}")
   for d in args.dims:
     for n in args.sizes:
       x, y = _cloud(n, d)
@@ -105,6 +107,11 @@ def sharded_section(mesh):
       compiled = jax.jit(one_iter).lower(geom, a_, b_).compile()
       compile_s = time.perf_counter() - t0
       mem = compiled.memory_analysis()
+      # the same iteration on one device (online), compiled only: its memory
+      single = dataclasses.replace(solver, mesh=None, axis_name=None, online=True)
+      geom1 = single.geometry(x, y, a, a)[0]
+      mem1 = jax.jit(lambda g, a, b, s=single: s.step(g, a, b, jnp.asarray(eps, jnp.float32), s.init(
+          g, a, b, jnp.asarray(eps, jnp.float32))).f).lower(geom1, a, a).compile().memory_analysis()
       hlo = compiled.as_text()
       assert "all-gather" not in hlo, "the sharded iteration gathers an array"
       entries = 3 * n * n  # init (one pass) + one iteration (two passes)
@@ -112,6 +119,7 @@ def sharded_section(mesh):
       row = dict(n=n, d=d, devices=ndev, compile_s=compile_s,
                  args_mb_per_device=mem.argument_size_in_bytes / 2**20,
                  temp_mb_per_device=mem.temp_size_in_bytes / 2**20,
+                 one_device_mb=(mem1.temp_size_in_bytes + mem1.argument_size_in_bytes) / 2**20,
                  dense_cost_gb=4 * n * n / 1e9, per_iter_s=None, check="")
       if est is None or est < args.max_iter_s:
         t = _median_time(compiled, geom, a_, b_, repeats=3 if n <= 30000 else 1)
@@ -133,7 +141,8 @@ def sharded_section(mesh):
             else f"~{row['per_iter_s_estimated']:8.0f}")
       print(f"{n:>8} {d:>2} {compile_s:9.2f} {it} {row.get('gentries_per_s', float('nan')):8.2f} "
             f"{row['args_mb_per_device']:11.2f} {row['temp_mb_per_device']:11.2f} "
-            f"{row['dense_cost_gb']:10.1f}  {row['check']:<40}", flush=True)
+            f"{row['one_device_mb']:8.1f} {row['dense_cost_gb']:10.1f}  {row['check']:<40}",
+            flush=True)
   return rows
 
 
