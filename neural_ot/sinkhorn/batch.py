@@ -102,7 +102,10 @@ def sinkhorn_batch(x, y, a=None, b=None, *, epsilon, mesh=None, axis_name: str |
     **kwargs: :class:`Sinkhorn` options (``tol``, ``max_iters``, ``rho_a``, ...).
 
   Returns:
-    A :class:`SinkhornOutput` whose fields carry a leading batch axis.
+    A :class:`SinkhornOutput` whose fields carry a leading batch axis. Its
+    methods act on one problem: map them over the batch,
+    ``jax.vmap(lambda o: o.primal_cost)(out)``, or take problem ``i`` with
+    ``jax.tree.map(lambda z: z[i], out)``.
 
   Example:
     >>> import jax, neural_ot
