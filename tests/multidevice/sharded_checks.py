@@ -59,6 +59,16 @@ def test_sharded_equals_single_device_with_padding(mesh, kw):
   np.testing.assert_allclose(out.barycentric_map(), ref.barycentric_map(), atol=1e-5)
   np.testing.assert_allclose(out.apply(jnp.ones(1001), axis=0), ref.apply(jnp.ones(1001), axis=0),
                              atol=1e-7)
+  # Warm start (padded inside like the points) behaves as on one device: from the solution
+  # no iterations are needed (epsilon scaling restarts from a large epsilon, so it does run).
+  warm = neural_ot.sinkhorn(x, y, a, b, epsilon=0.05, tol=1e-5, tile_size=128, mesh=mesh,
+                            init=(out.f, None), **kw)
+  warm_ref = neural_ot.sinkhorn(x, y, a, b, epsilon=0.05, tol=1e-5, online=True, tile_size=128,
+                                init=(ref.f, None), **kw)
+  assert abs(int(warm.n_iters) - int(warm_ref.n_iters)) <= 1
+  if "epsilon_init_factor" not in kw:
+    assert int(warm.n_iters) <= 1
+  np.testing.assert_allclose(warm.reg_ot_cost, ref.reg_ot_cost, rtol=1e-5)
 
 
 def test_presharded_inputs_select_the_sharded_solver(mesh):
