@@ -11,16 +11,11 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
 import neural_ot
+from _problems import weighted_clouds
 from neural_ot.sinkhorn import solver as solver_lib
 
 
-def _problem(n=40, m=30, d=2, seed=0, weighted=True):
-  k = jax.random.split(jax.random.PRNGKey(seed), 4)
-  x = jax.random.normal(k[0], (n, d))
-  y = 0.7 * jax.random.normal(k[1], (m, d)) + 1.0
-  a = jax.random.uniform(k[2], (n,)) + 0.2 if weighted else jnp.ones(n)
-  b = jax.random.uniform(k[3], (m,)) + 0.2 if weighted else jnp.ones(m)
-  return x, y, a / a.sum(), b / b.sum()
+_problem = weighted_clouds
 
 
 def _ott(x, y, a, b, eps, **kw):

@@ -22,7 +22,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import NamedSharding, PartitionSpec
+
 from neural_ot import _validation
+from neural_ot import sharding as sharding_lib
 from neural_ot.geometry import costs as costs_lib
 from neural_ot.geometry.pointcloud import PointCloud, check_mesh_axis
 from neural_ot.sinkhorn.output import SinkhornOutput
@@ -385,8 +388,7 @@ class Sinkhorn:
     """This solver, sharded like ``x`` if ``x`` is split along axis 0 by a NamedSharding."""
     if self.mesh is not None:
       return self
-    from neural_ot.sharding import mesh_of  # pylint: disable=import-outside-toplevel
-    found = mesh_of(x)
+    found = sharding_lib.mesh_of(x)
     if found is None:
       return self
     return dataclasses.replace(self, mesh=found[0], axis_name=found[1],
@@ -396,12 +398,10 @@ class Sinkhorn:
     """``(geom, a, b, n_pad_x, n_pad_y)``: the (sharded and padded, if ``mesh``) problem."""
     if self.mesh is None:
       return PointCloud.create(x, y, self.cost, self.online, self.tile_size), a, b, 0, 0
-    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-    from neural_ot.sharding import pad_points  # pylint: disable=import-outside-toplevel
     size = self.mesh.shape[self.axis_name]
     n, m = x.shape[0], y.shape[0]
-    x, a = pad_points(x, a, size)
-    y, b = pad_points(y, b, size)
+    x, a = sharding_lib.pad_points(x, a, size)
+    y, b = sharding_lib.pad_points(y, b, size)
     place = lambda z: jax.lax.with_sharding_constraint(
         z, NamedSharding(self.mesh, PartitionSpec(self.axis_name)))
     x, y, a, b = map(place, (x, y, a, b))

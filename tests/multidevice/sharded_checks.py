@@ -6,6 +6,9 @@ before JAX starts). By hand: ``XLA_FLAGS=--xla_force_host_platform_device_count=
 python -m pytest tests/multidevice/sharded_checks.py``.
 """
 
+import pathlib
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +17,9 @@ from jax.sharding import NamedSharding
 
 import neural_ot
 from neural_ot.sharding import make_mesh, shard_points
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))
+from _problems import weighted_clouds  # noqa: E402
 
 NDEV = 4
 
@@ -30,13 +36,7 @@ def mesh():
   return make_mesh(jax.devices()[:NDEV])
 
 
-def _cloud(n, m, d=2, seed=0, weighted=True):
-  k = jax.random.split(jax.random.PRNGKey(seed), 4)
-  x = jax.random.normal(k[0], (n, d))
-  y = 0.7 * jax.random.normal(k[1], (m, d)) + 1.0
-  a = jax.random.uniform(k[2], (n,)) + 0.2 if weighted else jnp.ones(n)
-  b = jax.random.uniform(k[3], (m,)) + 0.2 if weighted else jnp.ones(m)
-  return x, y, a / a.sum(), b / b.sum()
+_cloud = weighted_clouds
 
 
 @pytest.mark.parametrize("kw", [{}, {"rho_a": 1.0, "rho_b": 0.5}, {"epsilon_init_factor": 20.0}])
