@@ -2,9 +2,9 @@
 
 from neural_ot.w2bench.metrics import baselines, cos_similarity, evaluate, l2_uvp
 from neural_ot.w2bench.pairs import (KnownMapPair, default_data_dir, dense_icnn, gaussian_pair,
-                                     load_pair, potential_pair)
+                                     load_pair, potential_pair, random_pair)
 from neural_ot.w2bench.torch_pt import convert_folder, load_pt
 
 __all__ = ["KnownMapPair", "baselines", "convert_folder", "cos_similarity", "default_data_dir",
            "dense_icnn", "evaluate", "gaussian_pair", "l2_uvp", "load_pair", "load_pt",
-           "potential_pair"]
+           "potential_pair", "random_pair"]

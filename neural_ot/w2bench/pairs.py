@@ -18,7 +18,7 @@ import numpy as np
 from neural_ot.w2 import gaussian
 
 __all__ = ["KnownMapPair", "dense_icnn", "load_pair", "gaussian_pair", "potential_pair",
-           "default_data_dir"]
+           "random_pair", "default_data_dir"]
 
 _ENV = "NEURAL_OT_W2BENCH"
 _SUB = "Mix3toMix10"
@@ -99,6 +99,65 @@ def potential_pair(sample_source: Callable, potential: Callable, dim: int,
   map_fn = jax.jit(jax.vmap(jax.grad(potential)))
   var_s, var_t, two_cost = _mc_constants(sample_source, map_fn)
   return KnownMapPair(dim, sample_source, map_fn, var_s, var_t, two_cost, name)
+
+
+def random_pair(dim: int, seed: int = 0, n_components: int = 3, n_features: int | None = None,
+                name: str | None = None) -> KnownMapPair:
+  """A random known-map pair built in code (no files): a Gaussian-mixture source pushed
+  through the gradient of a random convex potential.
+
+  ``P`` has ``n_components`` equally weighted Gaussians with random centres and random
+  covariances, scaled to total variance ``dim``; the potential is
+  ``psi(x) = 0.5 x^T M x + sum_k w_k softplus(s (u_k . x - b_k)) / s`` with ``M`` random
+  positive definite and ``w_k >= 0`` (convex, so ``grad psi`` is the OT map), with
+  ``n_features`` (default ``2 * max(dim, 8)``) random directions ``u_k``, rescaled and shifted
+  (a positive factor and a linear term) so that ``Q`` has mean ~0 and total variance ~``dim``
+  like the benchmark's pairs. Different seeds give
+  different pairs; use it to check that settings generalise beyond the Korotin files.
+
+  Example:
+    >>> pair = random_pair(4, seed=1)
+    >>> x, y = pair.pairs(jax.random.PRNGKey(0), 8)
+    >>> x.shape, y.shape
+    ((8, 4), (8, 4))
+  """
+  if not isinstance(dim, (int, np.integer)) or dim < 1:
+    raise ValueError(f"random_pair: `dim` must be a positive int, got {dim!r}.")
+  rng = np.random.default_rng(seed)
+  k = int(n_components)
+  feats = int(n_features or 2 * max(dim, 8))
+  centers = rng.normal(size=(k, dim)) * 1.5
+  maps = rng.normal(size=(k, dim, dim)) / np.sqrt(dim) + 0.5 * np.eye(dim)
+  # total variance of the mixture = dim (centres spread + component covariances)
+  var = (np.sum(np.var(centers, 0)) + np.mean([np.trace(a @ a.T) for a in maps]))
+  scale = np.sqrt(dim / var)
+  centers, maps = (centers * scale).astype(np.float32), (maps * scale).astype(np.float32)
+  centers -= centers.mean(0)
+  half = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+  quad = (0.05 * np.eye(dim) + 0.1 * half @ half.T).astype(np.float32)
+  u = rng.normal(size=(feats, dim)).astype(np.float32)
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  b = rng.normal(size=(feats,)).astype(np.float32)
+  w = (rng.exponential(size=(feats,)) * 2.0).astype(np.float32)
+  sharp = 3.0
+  centers, maps, quad, u, b, w = (jnp.asarray(v) for v in (centers, maps, quad, u, b, w))
+
+  def sample(key, n):
+    kc, kz = jax.random.split(key)
+    comp = jax.random.randint(kc, (n,), 0, k)
+    z = jax.random.normal(kz, (n, dim))
+    return jnp.einsum("nij,nj->ni", maps[comp], z) + centers[comp]
+
+  def psi0(x):
+    return (0.5 * x @ quad @ x
+            + jnp.sum(w * jax.nn.softplus(sharp * (u @ x - b))) / sharp)
+
+  # Standardise Q as the benchmark does (mean 0, total variance dim): psi = a (psi0 + <c, x>).
+  y0 = jax.vmap(jax.grad(psi0))(sample(jax.random.PRNGKey(seed + 1), 2 ** 14))
+  shift = -jnp.mean(y0, 0)
+  a = float(np.sqrt(dim / float(jnp.sum(jnp.var(y0, 0)))))
+  psi = lambda x: a * (psi0(x) + x @ shift)
+  return potential_pair(sample, psi, dim, name or f"random D={dim} seed={seed}")
 
 
 def dense_icnn(params: dict, x: jax.Array, strong_convexity: float) -> jax.Array:
