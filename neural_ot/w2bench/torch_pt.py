@@ -6,90 +6,215 @@ persistent ids. Only what a state dict of tensors needs is rebuilt
 (``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``,
 ``torch._utils._rebuild_parameter`` and the typed storages); any other global in
 the pickle is refused, so a hostile file cannot run code.
+
+The input is treated as hostile throughout: every declared size is checked before
+anything is allocated or read (zip entries against ``max_bytes``, storages against
+their declared element count and dtype, tensor views against their storage), so a
+crafted file ends in a :class:`PtFileError` naming it, never in a read outside a
+buffer, a huge allocation or a crash.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import zipfile
 
 import numpy as np
 
-__all__ = ["load_pt", "convert_folder"]
+__all__ = ["PtFileError", "load_pt", "convert_folder"]
 
 _STORAGES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
              "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
              "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+_MAX_NDIM = 32
+_MAX_BYTES = 2 ** 31  # per zip entry; a state dict of this library's sizes is far below
+
+
+class PtFileError(ValueError, pickle.UnpicklingError):
+  """A ``.pt`` file that is malformed, corrupt or holds more than tensors.
+
+  A ``ValueError`` (and, for code written against earlier versions, a
+  ``pickle.UnpicklingError``); the message names the file.
+  """
+
+
+class _Refused(Exception):
+  """Raised inside the unpickler; :func:`load_pt` adds the file name."""
 
 
 class _StorageType:
-  def __init__(self, dtype):
-    self.dtype = dtype
+  def __init__(self, name, dtype):
+    self.name, self.dtype = name, np.dtype(dtype)
+
+  def __repr__(self):
+    return f"torch.{self.name}"
 
 
-def _rebuild_tensor(storage, offset, size, stride, *unused):
+def _is_int(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused, max_bytes=_MAX_BYTES):
+  """``torch._utils._rebuild_tensor_v2``: a checked strided view of ``storage``, copied."""
   del unused
-  itemsize = storage.dtype.itemsize
+  if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+    raise _Refused(f"a tensor's storage is a {type(storage).__name__}, not a stored buffer")
+  if not _is_int(offset) or offset < 0:
+    raise _Refused(f"a tensor has storage offset {offset!r}; expected an int >= 0")
+  if not (isinstance(size, tuple) and isinstance(stride, tuple)):
+    raise _Refused(f"a tensor has size {size!r} and stride {stride!r}; expected tuples")
+  if len(size) != len(stride) or len(size) > _MAX_NDIM:
+    raise _Refused(f"a tensor has size {size!r} and stride {stride!r} (different lengths or "
+                   f"more than {_MAX_NDIM} dimensions)")
+  if not all(_is_int(s) and s >= 0 for s in size):
+    raise _Refused(f"a tensor has size {size!r}; expected ints >= 0")
+  if not all(_is_int(s) and s >= 0 for s in stride):
+    raise _Refused(f"a tensor has stride {stride!r}; expected ints >= 0 (negative strides are "
+                   f"not written by torch)")
+  n, numel = len(storage), math.prod(size)
+  if numel * storage.dtype.itemsize > max_bytes:
+    raise _Refused(f"a tensor of size {size} declares {numel} elements (more than `max_bytes` = "
+                   f"{max_bytes} bytes)")
+  if numel == 0:
+    if offset > n:
+      raise _Refused(f"a tensor has storage offset {offset} beyond its storage of {n} elements")
+    return np.zeros(size, storage.dtype)
+  # Python ints: no overflow however absurd the declared sizes are.
+  last = offset + sum((s - 1) * st for s, st in zip(size, stride))
+  if last >= n:
+    raise _Refused(f"a tensor of size {size} stride {stride} at offset {offset} reaches element "
+                   f"{last} of a storage of {n} elements (out of bounds)")
   if not size:
-    return storage[offset].copy()
+    return np.array(storage[offset])
+  itemsize = storage.dtype.itemsize
   return np.lib.stride_tricks.as_strided(
-      storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)).copy()
+      storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride)).copy()
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
   del requires_grad, backward_hooks, unused
+  if not isinstance(data, np.ndarray):
+    raise _Refused(f"a parameter wraps a {type(data).__name__}, not a tensor")
   return data
 
 
+def _read(archive: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
+  """An entry's bytes, refusing declared sizes above ``max_bytes`` before reading them."""
+  try:
+    info = archive.getinfo(name)
+  except KeyError:
+    raise _Refused(f"the archive has no entry {name!r}") from None
+  if info.file_size > max_bytes:
+    raise _Refused(f"entry {name!r} declares {info.file_size} bytes (limit {max_bytes}; pass "
+                   f"`max_bytes` to raise it)")
+  with archive.open(info) as fh:
+    raw = fh.read(info.file_size + 1)  # +1: catches an entry longer than declared
+  if len(raw) != info.file_size:
+    raise _Refused(f"entry {name!r} holds {len(raw)} bytes but declares {info.file_size}")
+  return raw
+
+
 class _Unpickler(pickle.Unpickler):
-  def __init__(self, fh, archive: zipfile.ZipFile, root: str):
+  def __init__(self, fh, archive: zipfile.ZipFile, root: str, max_bytes: int):
     super().__init__(fh)
-    self._archive, self._root = archive, root
+    self._archive, self._root, self._max_bytes = archive, root, max_bytes
+    self._storages = {}
 
   def find_class(self, module, name):
     if (module, name) == ("collections", "OrderedDict"):
       return collections.OrderedDict
     if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-      return _rebuild_tensor
+      return lambda *args: _rebuild_tensor(*args, max_bytes=self._max_bytes)
     if (module, name) == ("torch._utils", "_rebuild_parameter"):
       return _rebuild_parameter
     if module == "torch" and name in _STORAGES:
-      return _StorageType(_STORAGES[name])
-    raise pickle.UnpicklingError(
-        f"load_pt: refusing to load global {module}.{name}: only tensors and OrderedDicts are "
-        f"rebuilt (no torch, no code execution).")
+      return _StorageType(name, _STORAGES[name])
+    raise _Refused(f"refusing to load global {module}.{name}: only tensors and OrderedDicts are "
+                   f"rebuilt (no torch, no code execution)")
 
   def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-      raise pickle.UnpicklingError(f"load_pt: unsupported persistent id {pid!r}")
+    if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
+      raise _Refused(f"unsupported persistent id {pid!r}")
     storage_type, key = pid[1], pid[2]
     if not isinstance(storage_type, _StorageType):
-      raise pickle.UnpicklingError(f"load_pt: unsupported storage type {storage_type!r}")
-    raw = self._archive.read(f"{self._root}/data/{key}")
-    return np.frombuffer(raw, dtype=np.dtype(storage_type.dtype).newbyteorder("<"))
+      raise _Refused(f"unsupported storage type {storage_type!r}")
+    if not isinstance(key, str) or not key or "/" in key or ".." in key:
+      raise _Refused(f"bad storage key {key!r}")
+    dtype = storage_type.dtype.newbyteorder("<")
+    if key in self._storages:
+      arr = self._storages[key]
+      if arr.dtype != dtype:
+        raise _Refused(f"storage {key!r} is used as {arr.dtype} and as {dtype} (dtype mismatch)")
+      return arr
+    raw = _read(self._archive, f"{self._root}/data/{key}", self._max_bytes)
+    if len(raw) % dtype.itemsize:
+      raise _Refused(f"storage {key!r} has {len(raw)} bytes, not a whole number of {dtype} "
+                     f"elements (dtype mismatch)")
+    numel = pid[4] if len(pid) >= 5 else None
+    if numel is not None and (not _is_int(numel) or numel * dtype.itemsize != len(raw)):
+      raise _Refused(f"storage {key!r} declares {numel!r} {dtype} elements but holds "
+                     f"{len(raw)} bytes")
+    arr = np.frombuffer(raw, dtype=dtype)
+    self._storages[key] = arr
+    return arr
 
 
-def load_pt(path: str) -> dict[str, np.ndarray]:
-  """Load a ``.pt`` state dict as ``{name: numpy array}``.
+def load_pt(path: str, max_bytes: int = _MAX_BYTES) -> dict[str, np.ndarray]:
+  """Load a ``.pt`` state dict as ``{name: numpy array}`` (no torch, no code execution).
+
+  Args:
+    path: a zip-format PyTorch file (``torch.save`` of a state dict, torch >= 1.6).
+    max_bytes: largest zip entry (pickle or storage) read, checked against the declared size
+      before reading.
+
+  Returns:
+    ``{name: array}`` in the file's order, arrays copied out of the archive.
 
   Raises:
-    ValueError: not a zip-format ``.pt`` file. pickle.UnpicklingError: the pickle holds
-      anything besides tensors in (ordered) dicts.
+    FileNotFoundError: no such file.
+    PtFileError: (a ``ValueError``) not a zip archive, a truncated or corrupt one (CRC
+      errors), a pickle holding anything besides tensors in (ordered) dicts, a tensor view
+      outside its storage, negative strides or offsets, a storage whose byte length does not
+      match its dtype or declared element count, an entry above ``max_bytes``.
+
+  Example:
+    >>> sd = load_pt("2_v1.pt")  # doctest: +SKIP
+    >>> sd["final_layer.weight"].shape  # doctest: +SKIP
+    (1, 32)
   """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"load_pt: no such file: {path!r}")
   if not zipfile.is_zipfile(path):
-    raise ValueError(f"load_pt: {path!r} is not a zip-format PyTorch file (torch >= 1.6).")
-  with zipfile.ZipFile(path) as archive:
-    pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-    if len(pkl) != 1:
-      raise ValueError(f"load_pt: {path!r} has no single data.pkl entry.")
-    root = pkl[0][: -len("/data.pkl")]
-    obj = _Unpickler(io.BytesIO(archive.read(pkl[0])), archive, root).load()
+    raise PtFileError(f"load_pt: {path!r} is not a zip-format PyTorch file (torch >= 1.6), or "
+                      f"it is truncated.")
+  try:
+    with zipfile.ZipFile(path) as archive:
+      pkl = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+      if len(pkl) != 1:
+        raise _Refused(f"expected one data.pkl entry, found {len(pkl)}")
+      root = pkl[0][: -len("/data.pkl")] if "/" in pkl[0] else ""
+      raw = _read(archive, pkl[0], max_bytes)
+      obj = _Unpickler(io.BytesIO(raw), archive, root, max_bytes).load()
+  except _Refused as exc:
+    raise PtFileError(f"load_pt: {path!r}: {exc}.") from None
+  except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError,
+          pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+          OverflowError, RecursionError, UnicodeDecodeError, MemoryError) as exc:
+    # Corrupt archive (CRC), truncated pickle, or a pickle whose opcodes do not fit together.
+    raise PtFileError(f"load_pt: {path!r} is corrupt or not a PyTorch state dict "
+                      f"({type(exc).__name__}: {exc}).") from None
   if not isinstance(obj, dict):
-    raise ValueError(f"load_pt: {path!r} holds a {type(obj).__name__}, not a state dict.")
-  return {str(k): np.asarray(v) for k, v in obj.items()}
+    raise PtFileError(f"load_pt: {path!r} holds a {type(obj).__name__}, not a state dict.")
+  bad = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
+  if bad:
+    raise PtFileError(f"load_pt: {path!r}: entry {bad[0]!r} is a {type(obj[bad[0]]).__name__}, "
+                      f"not a tensor.")
+  return {str(k): v for k, v in obj.items()}
 
 
 def convert_folder(src: str, dst: str) -> list[str]:
