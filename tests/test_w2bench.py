@@ -1,7 +1,10 @@
 """The W2 benchmark port: .pt reader, pairs, metrics (spec sanity table), runner, CLI."""
 
+import hashlib
+import json
 import os
 import pickle
+import shutil
 import zipfile
 
 import jax
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 
 from neural_ot import cli, load_map, w2bench
+from neural_ot.w2bench.convert import input_mixture
 from neural_ot.w2bench.runner import run_method
 
 DATA = w2bench.default_data_dir()
@@ -35,13 +39,93 @@ def test_pt_reader_equals_npz_exactly(name):
       np.testing.assert_array_equal(got[k], ref[k])
 
 
-def test_converter_writes_the_loader_layout(tmp_path):
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  """The three .pt fixtures converted once (2_v1 + 2_v2: a complete D = 2 pair; 4_v1 alone)."""
   data = _need_data()
-  written = w2bench.convert_folder(os.path.join(data, "original_pt"), str(tmp_path))
-  assert sorted(os.path.basename(p) for p in written) == ["2_v1.npz", "2_v2.npz", "4_v1.npz"]
-  with np.load(tmp_path / "2_v2.npz") as a, np.load(os.path.join(data, "Mix3toMix10", "2_v2.npz")) as b:
+  dst = tmp_path_factory.mktemp("converted")
+  written = w2bench.convert_folder(os.path.join(data, "original_pt"), str(dst))
+  return data, dst, written
+
+
+def test_converter_writes_the_loader_layout(converted):
+  data, dst, written = converted
+  assert [os.path.basename(p) for p in written] == [
+      "2_v1.npz", "2_v2.npz", "4_v1.npz", "input_mixture_2.npz", "benchmark_constants_2.npz",
+      "manifest.json"]
+  with np.load(dst / "2_v2.npz") as a, np.load(os.path.join(data, "Mix3toMix10", "2_v2.npz")) as b:
     for k in b.files:
       np.testing.assert_array_equal(a[k], b[k])
+  manifest = json.loads((dst / "manifest.json").read_text())
+  assert manifest["complete_dimensions"] == [2] and "4" in manifest["incomplete_dimensions"]
+  assert "Monte-Carlo" in manifest["constants_note"]
+  for name, entry in manifest["files"].items():
+    assert entry["sha256"] == hashlib.sha256((dst / name).read_bytes()).hexdigest()
+  # D = 4 has only v1: the loader says what is missing.
+  with pytest.raises(FileNotFoundError, match="4_v2.npz"):
+    w2bench.load_pair(4, str(dst))
+
+
+@pytest.mark.parametrize("dim", [2, 4, 8, 16, 32, 64])
+def test_converter_regenerates_the_input_mixture_exactly(dim):
+  """numpy's legacy RandomState(0) fixes the mixture: every array equals the stored one."""
+  data = _need_data()
+  mix = input_mixture(dim)
+  with np.load(os.path.join(data, "Mix3toMix10", f"input_mixture_{dim}.npz")) as ref:
+    for k, v in mix.items():
+      assert v.dtype == ref[k].dtype, k
+      np.testing.assert_array_equal(v, ref[k], err_msg=k)
+
+
+def test_converted_constants_agree_with_the_stored_ones_within_monte_carlo_error(converted):
+  data, dst, _ = converted
+  with np.load(dst / "benchmark_constants_2.npz") as c, np.load(
+      os.path.join(data, "Mix3toMix10", "benchmark_constants_2.npz")) as ref:
+    n = int(c["n_mc"])
+    # The stored estimates used 2^14 samples (1024 for the cost): their noise adds to ours.
+    for key, n_ref in [("shift", 2 ** 14), ("scale", 2 ** 14), ("input_var_mc", 2 ** 14),
+                       ("output_var_mc", 2 ** 14), ("output_mean_mc", 2 ** 14),
+                       ("cost_mc", 1024)]:
+      se = c[key + "_se"] * np.sqrt(1 + n / n_ref)
+      assert np.all(se > 0) and np.all(se < 0.05 * max(1.0, np.abs(ref[key]).max())), key
+      assert np.all(np.abs(c[key] - ref[key]) < 4 * se), (key, c[key], ref[key], se)
+
+
+def test_converted_pair_scores_the_spec_sanity_figures(converted):
+  data, dst, _ = converted
+  pair, stored = w2bench.load_pair(2, str(dst)), w2bench.load_pair(2, data)
+  base, base_stored = w2bench.baselines(pair), w2bench.baselines(stored)
+  for name, (fwd_ref, inv_ref) in zip(("identity", "linear"), SANITY[2]):
+    res = w2bench.evaluate(pair, *base[name], n=2 ** 16)
+    assert abs(res["uvp_fwd"] - fwd_ref) < 0.5, (name, res)
+    assert abs(res["uvp_inv"] - inv_ref) < 0.5, (name, res)
+    # On the same samples the converted and stored constants give nearly the same scores.
+    ref = w2bench.evaluate(stored, *base_stored[name], n=2 ** 16)
+    assert abs(res["uvp_fwd"] - ref["uvp_fwd"]) < 0.2 and abs(res["uvp_inv"] - ref["uvp_inv"]) < 0.2
+
+
+def test_converter_refuses_what_is_not_the_benchmark(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no such folder"):
+    w2bench.convert_folder(str(tmp_path / "nope"), str(tmp_path / "out"))
+  with pytest.raises(ValueError, match="no .pt files"):
+    w2bench.convert_folder(str(tmp_path), str(tmp_path / "out"))
+  src = tmp_path / "src"
+  src.mkdir()
+  shutil.copy(os.path.join(_need_data(), "original_pt", "2_v1.pt"), src / "4_v2.pt")
+  with pytest.raises(ValueError, match=r"4_v2.pt' is not a DenseICNN potential of dimension 4"):
+    w2bench.convert_folder(str(src), str(tmp_path / "out"))
+
+
+def test_cli_bench_convert(converted, tmp_path, capsys):
+  data = converted[0]
+  rc = cli.main(["bench", "convert", os.path.join(data, "original_pt"), str(tmp_path / "c"),
+                 "--n-mc", "4096"])
+  assert rc == 0
+  out = capsys.readouterr().out
+  assert "benchmark_constants_2.npz" in out and "manifest.json" in out and "--data-dir" in out
+  assert w2bench.load_pair(2, str(tmp_path / "c")).dim == 2
+  assert cli.main(["bench", "convert", str(tmp_path / "nope"), str(tmp_path / "d")]) == 2
+  assert "no such folder" in capsys.readouterr().err
 
 
 def test_pt_reader_refuses_anything_but_tensors(tmp_path):
