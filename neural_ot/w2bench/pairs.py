@@ -201,7 +201,13 @@ def load_pair(dim: int, data_dir: str | None = None) -> KnownMapPair:
   """
   data_dir = data_dir or default_data_dir()
   if data_dir is None:
-    raise FileNotFoundError(f"load_pair: no data directory; pass `data_dir` or set ${_ENV}.")
+    tried = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))), "shared", "data", "w2bench")
+    raise FileNotFoundError(
+        f"load_pair: no benchmark data: ${_ENV} is not set and {tried!r} does not exist. Pass "
+        f"`data_dir` (command line: --data-dir DIR) or set ${_ENV}; make the folder from the "
+        f"original .pt files with `neural-ot bench convert SRC DST` (README: Getting the "
+        f"benchmark data).")
   base = os.path.join(data_dir, _SUB) if os.path.isdir(os.path.join(data_dir, _SUB)) else data_dir
   if not isinstance(dim, (int, np.integer)) or dim < 1:
     raise ValueError(f"load_pair: `dim` must be a positive int, got {dim!r}.")
