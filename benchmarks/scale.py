@@ -212,7 +212,8 @@ def small_section(mesh):
 
 
 def fit_section(mesh):
-  from neural_ot.w2 import fit as fit_lib
+  from neural_ot import train
+  from neural_ot.w2 import Frame, PairSampler
   from neural_ot.w2.trainer import W2Trainer
   from jax.sharding import NamedSharding, PartitionSpec
   print(f"\n== fit_w2 step, batch 1024, d = 16, widths (64, 64, 64): 1 device vs "
@@ -227,10 +228,11 @@ def fit_section(mesh):
     if sharding is not None:
       rep = NamedSharding(mesh, PartitionSpec())
       state, d = jax.device_put((state, data), rep)
-    step = lambda s, d=d, sharding=sharding: fit_lib._train_step(
-        s, jax.random.PRNGKey(1), d, d * 2.0 + 1.0, trainer=trainer,
-        src_fn=fit_lib._from_array, tgt_fn=fit_lib._from_array, batch_size=1024, steps=100,
-        batch_sharding=sharding)[0]
+    sampler = PairSampler(1024, sharding=sharding)
+    frame = Frame.identity(16).astype(jnp.float32)
+    step = lambda s, d=d, sampler=sampler: train.guarded_step(
+        s, jnp.asarray(True), jax.random.PRNGKey(1), {"frame": frame, "x": d, "y": d * 2.0 + 1.0},
+        1e6, trainer=trainer, sampler=sampler)[0]
     t0 = time.perf_counter()
     jax.block_until_ready(step(state))
     first = time.perf_counter() - t0

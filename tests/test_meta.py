@@ -90,3 +90,29 @@ def test_bad_input(model):
     fit_meta(pairs, X, EPS, steps=1, base="ones")
   with pytest.raises(ValueError, match=r"must return two \(k, 36\) arrays"):
     fit_meta(pairs, grid(6), EPS, steps=1)
+
+
+def test_fit_meta_resumes_bit_identically_and_guards(tmp_path):
+  """fit_meta runs on the shared loop: an interrupted run resumes to the same parameters as an
+  uninterrupted one; a run of other settings is refused; divergence raises the shared error."""
+  kw = dict(steps=12, batch_size=8, hidden=(32,), progress=False, log_every=1,
+            checkpoint_every=2)
+  full = fit_meta(pairs, X, EPS, checkpoint_dir=str(tmp_path / "a"), **kw)
+
+  def interrupt(step, metrics):
+    if step == 5:
+      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    fit_meta(pairs, X, EPS, checkpoint_dir=str(tmp_path / "b"), callback=interrupt, **kw)
+  seen = []
+  resumed = fit_meta(pairs, X, EPS, checkpoint_dir=str(tmp_path / "b"),
+                     callback=lambda s, m: seen.append(s), **kw)
+  assert seen[0] == 6
+  for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="other settings"):
+    fit_meta(pairs, X, EPS, checkpoint_dir=str(tmp_path / "b"), **{**kw, "seed": 1})
+  from neural_ot.train import TrainingDivergedError
+  with pytest.raises(TrainingDivergedError, match="fit_meta: training diverged"):
+    fit_meta(pairs, X, EPS, steps=50, batch_size=8, hidden=(32,), progress=False,
+             learning_rate=1e30)

@@ -8,7 +8,7 @@ import scipy.linalg
 
 import neural_ot
 from neural_ot.w2 import TrainingDivergedError, gaussian_map, gaussian_w2, load_map
-from neural_ot.w2.fit import _train_step
+from neural_ot import train
 
 SMALL = dict(hidden=(32, 32), predictor_hidden=(32, 32), progress=False)
 
@@ -116,7 +116,7 @@ def test_amortized_predictor_learns_the_argmax(amortization):
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (600, 2)))
   y = 1.5 * x[::-1] + 0.3
-  kw = dict(steps=30, batch_size=64, seed=3, checkpoint_every=10, **SMALL)
+  kw = dict(steps=30, batch_size=64, seed=3, checkpoint_every=10, log_every=1, **SMALL)
   full = neural_ot.fit_w2(x, y, checkpoint_dir=str(tmp_path / "a"), **kw)
 
   def interrupt(step, metrics):
@@ -140,8 +140,8 @@ def test_divergence_guard_stops_with_message_and_keeps_last_good_state(tmp_path)
   with pytest.raises(TrainingDivergedError, match=r"diverged at step \d+.*last good state"):
     neural_ot.fit_w2(x, 3 * x, steps=200, batch_size=64, learning_rate=50.0, warmup_steps=1,
                      max_param_norm=200.0, checkpoint_dir=str(tmp_path), **SMALL)
-  from neural_ot.w2 import checkpoint
-  saved = checkpoint.load(str(tmp_path / "checkpoint.msgpack"))
+  from neural_ot import io
+  saved = io.load(str(tmp_path / "checkpoint.msgpack"), expect=io.CHECKPOINT_FORMAT)
   leaves = jax.tree.leaves(saved["state"]["params"])
   assert all(np.all(np.isfinite(v)) for v in leaves)
   assert np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in leaves)) < 200.0
@@ -169,9 +169,9 @@ def test_save_load_roundtrip_and_numpy_inputs(tmp_path):
 def test_no_retrace_on_new_data_of_the_same_shape():
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (300, 2)))
   neural_ot.fit_w2(x, x + 1, steps=3, batch_size=32, **SMALL)
-  n = _train_step._cache_size()
+  n = train.guarded_step._cache_size()
   neural_ot.fit_w2(2 * x, x - 1, steps=3, batch_size=32, **SMALL)
-  assert _train_step._cache_size() == n
+  assert train.guarded_step._cache_size() == n
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -19,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from neural_ot import io, train
 from neural_ot.geometry import SqEuclidean
-from neural_ot.w2 import checkpoint
+from neural_ot.train import TrainState, cosine_schedule
 
-__all__ = ["MetaOT", "fit_meta", "load_meta", "c_transform", "dual_value", "gaussian_init"]
+__all__ = ["MetaOT", "MetaTrainer", "fit_meta", "load_meta", "c_transform", "dual_value", "gaussian_init"]
 
 _FORMAT = "neural_ot.MetaOT/1"
 
@@ -57,7 +59,7 @@ def dual_value(f, a, b, cost, eps):
 def gaussian_init(x, a, b):
   """Baseline ``f`` from the OT map ``A x + c`` between the moment-matched Gaussians:
   ``f(x) = |x|^2 - x^T A x - 2 c.x`` (for the cost ``|x - y|^2``)."""
-  from neural_ot.w2.gaussian import gaussian_map
+  from neural_ot.gaussian import gaussian_map
 
   x = jnp.asarray(x)
   def mom(w):
@@ -105,7 +107,11 @@ class MetaOT:
     return h
 
   def predict(self, a, b):
-    """Predicted ``(f, g)`` for ``a, b: (n,)`` or batches ``(k, n)`` (g = exact c-transform)."""
+    """Predicted ``(f, g)`` for ``a, b: (n,)`` or batches ``(k, n)`` (g = exact c-transform).
+
+    Zero bins are allowed: the network sees weights floored at ``1e-7`` (it reads their
+    logarithm), the c-transform the weights as given.
+    """
     a, b = self._check(a, "a"), self._check(b, "b")
     return _predict(self.net, self.params, a, b, jnp.asarray(self.support), float(self.epsilon),
                     self.base)
@@ -113,7 +119,7 @@ class MetaOT:
   def save(self, path: str) -> None:
     meta = {"format": _FORMAT, "epsilon": self.epsilon, "hidden": list(self.hidden),
             "history": list(self.history), "base": self.base}
-    checkpoint.save_atomic(path, {"meta": json.dumps(meta), "support": np.asarray(self.support),
+    io.save_atomic(path, {"meta": json.dumps(meta), "support": np.asarray(self.support),
                                   "params": jax.tree.map(np.asarray, self.params)})
 
 
@@ -125,10 +131,18 @@ def _potential(net, params, a, b, support, base):
   return f
 
 
+# The network reads log-weights: a zero bin (accepted by the input check) would be log 0 =
+# -inf and NaN potentials. It sees weights floored here, below the 1e-6 floor of the
+# training histograms (meta.data), so positive inputs are unchanged; the c-transform keeps
+# the true weights (a zero bin simply carries no mass there).
+_NET_FLOOR = 1e-7
+
+
 def _predict_impl(net, params, a, b, support, eps, base):
   cost = _cost(support)
   def one(a, b):
-    f = _potential(net, params, a, b, support, base)
+    f = _potential(net, params, jnp.maximum(a, _NET_FLOOR), jnp.maximum(b, _NET_FLOOR),
+                   support, base)
     return f, c_transform(f, a, cost, eps)
   return one(a, b) if a.ndim == 1 else jax.vmap(one)(a, b)
 
@@ -138,7 +152,7 @@ _predict = jax.jit(_predict_impl, static_argnums=(0, 5, 6))
 
 def load_meta(path: str) -> MetaOT:
   """Load a model written by :meth:`MetaOT.save`."""
-  raw = checkpoint.load(path)
+  raw = io.load(path)
   meta = json.loads(raw["meta"])
   if meta.get("format") != _FORMAT:
     raise ValueError(f"load_meta: {path!r} is not a neural_ot Meta OT file.")
@@ -146,23 +160,75 @@ def load_meta(path: str) -> MetaOT:
                 jax.tree.map(jnp.asarray, raw["params"]), tuple(meta["history"]), meta["base"])
 
 
+@dataclasses.dataclass(frozen=True)
+class MetaTrainer:
+  """Meta OT training as a :class:`neural_ot.train.Trainer`: maximise the entropic dual of
+  the predicted potential (exact c-transform) over a batch of problems ``(a, b, support)``."""
+
+  n: int
+  hidden: tuple
+  epsilon: float
+  base: str = "gaussian"
+  learning_rate: float = 1e-3
+
+  @property
+  def net(self):
+    return _Net(self.n, tuple(self.hidden))
+
+  def init_state(self, key, a0, b0, steps: int) -> TrainState:
+    params = self.net.init(key, a0, b0)
+    return TrainState(params, optax.adam(1.0).init(params), jnp.zeros((), jnp.int32),
+                      jnp.asarray(float(steps), jnp.float32))
+
+  def step(self, state: TrainState, batch):
+    a, b, support = batch
+    cost = _cost(support)
+    loss_fn = lambda p: -jnp.mean(jax.vmap(lambda a, b: dual_value(
+        _potential(self.net, p, a, b, support, self.base), a, b, cost, self.epsilon))(a, b))
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = optax.adam(1.0).update(grads, state.opt_state, state.params)
+    lr = cosine_schedule(state.step, state.horizon, self.learning_rate, warmup=0)
+    updates = jax.tree.map(lambda u: lr * u, updates)
+    params = optax.apply_updates(state.params, updates)
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), {
+        "dual": -loss, "grad_norm": optax.global_norm(grads)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _PairsSampler:
+  pairs: Callable
+  batch_size: int
+
+  def __call__(self, key, data):
+    a, b = self.pairs(key, self.batch_size)
+    return jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), data["support"]
+
+
 def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
              batch_size: int = 64, learning_rate: float = 1e-3, hidden=(1024, 1024),
-             base: str = "gaussian", seed: int = 0, log_every: int = 100) -> MetaOT:
+             base: str = "gaussian", seed: int = 0, log_every: int = 100,
+             max_seconds: float | None = None, checkpoint_dir: str | None = None,
+             checkpoint_every: int = 500, resume: bool = True, progress: bool = True,
+             callback: Callable | None = None) -> MetaOT:
   """Train a Meta OT model by maximising the entropic dual over sampled problems.
 
+  Runs on the shared training loop (:func:`neural_ot.train.run`): divergence guard,
+  atomic checkpoints in ``checkpoint_dir`` with resume, progress, ``max_seconds`` budget.
+
   Args:
-    pairs: ``pairs(key, k) -> (a, b)``, each ``(k, n)`` histograms on ``support``.
+    pairs: ``pairs(key, k) -> (a, b)``, each ``(k, n)`` histograms on ``support`` (jit-able).
     support: ``(n, d)`` points. epsilon: absolute regularisation (> 0).
     steps, batch_size, learning_rate, hidden, seed: training settings (Adam, cosine decay).
     base: ``"gaussian"`` (predict a correction to the Gaussian initializer) or ``"zeros"``.
+    max_seconds, checkpoint_dir, checkpoint_every, resume, progress, log_every, callback: as
+      in :func:`neural_ot.fit_w2`.
 
   Example:
     >>> import jax
     >>> from neural_ot.meta import fit_meta, gaussian_mixture_histograms, grid
     >>> pairs = lambda k, n: (gaussian_mixture_histograms(k, n, 6),
     ...                       gaussian_mixture_histograms(jax.random.fold_in(k, 1), n, 6))
-    >>> m = fit_meta(pairs, grid(6), 0.01, steps=5, batch_size=4, hidden=(32,))
+    >>> m = fit_meta(pairs, grid(6), 0.01, steps=5, batch_size=4, hidden=(32,), progress=False)
     >>> m.predict(*pairs(jax.random.PRNGKey(9), 1))[0].shape
     (1, 36)
   """
@@ -181,30 +247,23 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
   if np.shape(a0) != (2, n) or np.shape(b0) != (2, n):
     raise ValueError(f"fit_meta: `pairs(key, k)` must return two (k, {n}) arrays, got "
                      f"{np.shape(a0)} and {np.shape(b0)}.")
-  net = _Net(n, tuple(hidden))
+  trainer = MetaTrainer(n, tuple(int(h) for h in hidden), float(epsilon), base,
+                        float(learning_rate))
   key = jax.random.PRNGKey(seed)
-  params = net.init(key, a0[0], b0[0])
-  opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, 0.05))
-  state = opt.init(params)
-  cost = _cost(support)
-  eps = float(epsilon)
-
-  @jax.jit
-  def step(params, state, k):
-    a, b = pairs(jax.random.fold_in(key, k), batch_size)
-    loss_fn = lambda p: -jnp.mean(jax.vmap(lambda a, b: dual_value(
-        _potential(net, p, a, b, support, base), a, b, cost, eps))(a, b))
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state, -loss
-
-  history = []
-  for k in range(steps):
-    params, state, dual = step(params, state, k)
-    if (k + 1) % log_every == 0 or k + 1 == steps:
-      d = float(dual)
-      if not np.isfinite(d):
-        raise FloatingPointError(f"fit_meta: non-finite dual value at step {k + 1}; lower "
-                                 f"`learning_rate` or raise `epsilon`.")
-      history.append({"step": k + 1, "dual": d})
-  return MetaOT(support, eps, tuple(hidden), params, tuple(history), base)
+  k_init, k_data = jax.random.split(key)
+  state = trainer.init_state(k_init, jnp.asarray(a0[0], jnp.float32),
+                             jnp.asarray(b0[0], jnp.float32), steps)
+  fingerprint = json.dumps({"trainer": dataclasses.asdict(trainer), "steps": steps,
+                            "batch_size": batch_size, "seed": seed,
+                            "support": train.data_fingerprint(support),
+                            "pairs": getattr(pairs, "__qualname__", type(pairs).__name__) + " "
+                                     + train.data_fingerprint(a0, b0)}, sort_keys=True)
+  state, history = train.run(
+      trainer, state, _PairsSampler(pairs, int(batch_size)), {"support": support}, k_data,
+      steps=steps, max_seconds=max_seconds,
+      checkpoint_path=os.path.join(checkpoint_dir, "checkpoint.msgpack") if checkpoint_dir
+      else None, fingerprint=fingerprint, resume=resume, checkpoint_every=checkpoint_every,
+      log_every=log_every, progress=progress, name="fit_meta", show=("dual",), callback=callback,
+      advice="Lower `learning_rate` or raise `epsilon`")
+  history = [{"step": h["step"], "dual": h["dual"]} for h in history if "dual" in h]
+  return MetaOT(support, trainer.epsilon, trainer.hidden, state.params, tuple(history), base)

@@ -18,10 +18,33 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from neural_ot import gaussian
+
 __all__ = ["ICNN", "MLPPotential", "MLPPredictor"]
 
 _ACTS = {"softplus": jax.nn.softplus, "celu": jax.nn.celu, "elu": jax.nn.elu,
          "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.2), "relu": jax.nn.relu}
+
+
+def _set_quadratic(params, a, b, strong_convexity=0.0):
+  """Parameters with the quadratic and linear terms set so that ``grad f(x) = A x + b`` at
+  initialisation (the network part starts near zero): ``W = (A - c I)^{1/2}``."""
+  p = dict(params["params"])
+  dtype = p["quad"].dtype
+  a = jnp.asarray(a, jnp.float32)
+  d = a.shape[0]
+  w, v = jnp.linalg.eigh(0.5 * (a + a.T) - strong_convexity * jnp.eye(d))
+  # A - cI must stay PSD: eigenvalues below the strong convexity are clipped to (nearly) zero.
+  root = (v * jnp.sqrt(jnp.clip(w, 1e-6))) @ v.T
+  p["quad"] = root.astype(dtype)
+  p["linear"] = {"kernel": jnp.asarray(b, dtype)[:, None], "bias": jnp.zeros((1,), dtype)}
+  return {**params, "params": p}
+
+
+def _decay_all_but_quad(params):
+  """Weight-decay mask: every parameter except the quadratic term (its scale is the map's)."""
+  return {**params, "params": {k: jax.tree.map(lambda _, k=k: k != "quad", v)
+                               for k, v in params["params"].items()}}
 
 
 class _PositiveDense(nn.Module):
@@ -74,6 +97,20 @@ class ICNN(nn.Module):
     return (out + 0.5 * jnp.sum(xw * xw, axis=-1)
             + 0.5 * self.strong_convexity * jnp.sum(x * x, axis=-1))
 
+  def from_affine(self, params, a, b):
+    """``params`` (from ``init``) changed so that ``grad f`` starts at ``x -> A x + b``
+    (``A`` symmetric PSD), with the strong convexity term counted in."""
+    return _set_quadratic(params, a, b, self.strong_convexity)
+
+  def from_moments(self, params, source_moments, target_moments):
+    """``params`` set so that ``grad f`` starts at the OT map between the Gaussians with the
+    given ``(mean, cov)`` moments (closed form, :func:`neural_ot.gaussian.gaussian_map`)."""
+    return self.from_affine(params, *gaussian.gaussian_map(*source_moments, *target_moments))
+
+  def decay_mask(self, params):
+    """Which parameters take weight decay (all but the quadratic term)."""
+    return _decay_all_but_quad(params)
+
 
 class MLPPotential(nn.Module):
   """A plain (not necessarily convex) MLP potential plus the quadratic
@@ -92,6 +129,18 @@ class MLPPotential(nn.Module):
     quad = self.param("quad", lambda key, shape: jnp.eye(shape[0]), (d, d))
     xw = x @ quad
     return out + 0.5 * jnp.sum(xw * xw, axis=-1)
+
+  def from_affine(self, params, a, b):
+    """``params`` set so that ``grad f`` starts at ``x -> A x + b``."""
+    return _set_quadratic(params, a, b)
+
+  def from_moments(self, params, source_moments, target_moments):
+    """``params`` set so that ``grad f`` starts at the Gaussian OT map of the moments."""
+    return self.from_affine(params, *gaussian.gaussian_map(*source_moments, *target_moments))
+
+  def decay_mask(self, params):
+    """Which parameters take weight decay (all but the quadratic term)."""
+    return _decay_all_but_quad(params)
 
 
 class MLPPredictor(nn.Module):
@@ -114,3 +163,19 @@ class MLPPredictor(nn.Module):
     affine = nn.Dense(d, kernel_init=lambda key, shape, dtype=jnp.float32: jnp.eye(shape[0], dtype=dtype),
                       name="affine")
     return affine(y) + res
+
+  def from_affine(self, params, a, b):
+    """``params`` (from ``init``) changed so that the prediction starts at ``y -> A y + b``."""
+    p = dict(params["params"])
+    dtype = p["affine"]["kernel"].dtype
+    # flax Dense computes y @ kernel: the kernel is A^T.
+    p["affine"] = {"kernel": jnp.asarray(a, dtype).T, "bias": jnp.asarray(b, dtype)}
+    return {**params, "params": p}
+
+  def from_moments(self, params, source_moments, target_moments):
+    """Start at the inverse Gaussian OT map (target Gaussian -> source Gaussian)."""
+    return self.from_affine(params, *gaussian.gaussian_map(*target_moments, *source_moments))
+
+  def decay_mask(self, params):
+    """Weight decay on every parameter of the predictor."""
+    return jax.tree.map(lambda _: True, params)

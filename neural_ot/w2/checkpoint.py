@@ -11,6 +11,18 @@ from flax import serialization
 __all__ = ["save_atomic", "load"]
 
 
+def _umask() -> int:
+  """The process umask, read without setting it (``os.umask`` would race with threads)."""
+  try:
+    with open("/proc/self/status") as fh:
+      for line in fh:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  return 0o022  # the usual default where /proc is unavailable
+
+
 def save_atomic(path: str, tree: Any) -> None:
   """Write ``tree`` (dicts of arrays, numbers, strings) to ``path`` atomically.
 
@@ -28,9 +40,7 @@ def save_atomic(path: str, tree: Any) -> None:
       fh.write(data)
       fh.flush()
       os.fsync(fh.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

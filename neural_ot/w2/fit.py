@@ -1,61 +1,115 @@
-"""``fit_w2``: learn a Wasserstein-2 map from samples (driver around :class:`W2Trainer`)."""
+"""``fit_w2``: learn a Wasserstein-2 map from samples (a thin call of :func:`neural_ot.train.run`).
+
+What ``fit_w2(source, target)`` does with no options:
+
+* splits array data at random into training rows and a held-out set (for the W2 estimate);
+  samplers get fresh held-out draws;
+* standardises both measures (each centred by its mean and divided by its own scale, the root
+  mean variance per coordinate, estimated on a random subsample). Centring and positive
+  scalings keep optimal maps optimal (``(T(s_x x + m_x) - m_y) / s_y`` is the gradient of a
+  convex function whenever ``T`` is), so the map is learned at unit scale and composed back:
+  :class:`W2Map` maps in the user's units;
+* picks the network widths, learning rate and conjugate budget from the dimension
+  (:func:`default_options`), starts ``grad f`` at the closed-form map between the
+  moment-matched Gaussians, and trains with a cosine schedule that fits ``steps`` or the
+  ``max_seconds`` budget.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
-import math
 import os
-import sys
-import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neural_ot.w2 import checkpoint, gaussian
-from neural_ot.w2.maps import W2Map
-from neural_ot.w2.trainer import TrainState, W2Trainer, as_config
+from neural_ot import gaussian, train
+from neural_ot.train import TrainingDivergedError
+from neural_ot.w2.maps import Frame, W2Map
+from neural_ot.w2.trainer import W2Trainer, as_config
 
-__all__ = ["fit_w2", "TrainingDivergedError"]
+__all__ = ["fit_w2", "default_options", "PairSampler", "dual_w2", "TrainingDivergedError"]
 
 _CKPT = "checkpoint.msgpack"
-_N_EVAL = 4096
+_N_HELD_OUT = 4096
+_N_MOMENTS = 16384
 
 
-class TrainingDivergedError(RuntimeError):
-  """Raised when the loss stops being finite or the parameters explode."""
+def default_options(dim: int, n: int | None = None) -> dict:
+  """The settings ``fit_w2`` uses for data of dimension ``dim`` (and ``n`` training rows).
+
+  A function of the data's shape only (never of a benchmark file). Widths follow the
+  published setting ``[2m, 2m, m]``, ``m = max(dim, 32)`` (Amos 2023, Korotin 2021); the
+  learning rate shrinks with the dimension; the batch is 256 (capped by ``n``).
+
+  Example:
+    >>> default_options(8)["hidden"]
+    (64, 64, 32)
+  """
+  dim = int(dim)
+  m = max(dim, 32)
+  lr = 1e-2 if dim <= 8 else (5e-3 if dim <= 32 else 3e-3)
+  batch = 256 if n is None else max(1, min(256, int(n)))
+  return dict(hidden=(2 * m, 2 * m, m), predictor_hidden=(2 * m, 2 * m), learning_rate=lr,
+              finetune_iters=10, finetune_tol=1e-3, batch_size=batch)
 
 
 @dataclasses.dataclass(frozen=True)
-class _Sampler:
-  """A user sampler ``fn(key, n)`` cast to ``dtype``; equal (same jit cache) for the same fn."""
+class PairSampler:
+  """Draws a training batch ``(x, y)`` of ``batch_size`` rows from each measure.
 
-  fn: Callable
-  dtype: str
+  A side whose function is ``None`` draws rows (with replacement) from ``data["x"]`` or
+  ``data["y"]``; otherwise the function ``fn(key, n) -> (n, d)`` is called. Batches are then
+  standardised with ``data["frame"]`` (a :class:`Frame`). Hashable, so it is a static
+  argument of the compiled step: a second run with new data of the same shape does not
+  recompile.
+  """
 
-  def __call__(self, key, n, data):
-    del data
-    return jnp.asarray(self.fn(key, n)).astype(self.dtype)
+  batch_size: int
+  source_fn: Callable | None = None
+  target_fn: Callable | None = None
+  dtype: str = "float32"
+  sharding: Any = None  # a NamedSharding: split the batch over devices (data parallel)
+
+  def _side(self, fn, key, arr):
+    if fn is None:
+      return arr[jax.random.randint(key, (self.batch_size,), 0, arr.shape[0])]
+    return jnp.asarray(fn(key, self.batch_size)).astype(self.dtype)
+
+  def __call__(self, key, data):
+    ks, kt = jax.random.split(key)
+    frame = data["frame"]
+    x = frame.to_source(self._side(self.source_fn, ks, data.get("x")))
+    y = frame.to_target(self._side(self.target_fn, kt, data.get("y")))
+    if self.sharding is not None:
+      x = jax.lax.with_sharding_constraint(x, self.sharding)
+      y = jax.lax.with_sharding_constraint(y, self.sharding)
+    return x.astype(self.dtype), y.astype(self.dtype)
 
 
-def _from_array(key, n, data):
-  return data[jax.random.randint(key, (n,), 0, data.shape[0])]
+def _check_sampler(fn, name):
+  probe = np.asarray(fn(jax.random.PRNGKey(0), 8))
+  if probe.ndim != 2 or probe.shape[0] != 8:
+    raise ValueError(f"fit_w2: sampler `{name}(key, n)` must return an array of shape (n, d); "
+                     f"for n=8 it returned shape {probe.shape}.")
+  if not np.all(np.isfinite(probe)):
+    raise ValueError(f"fit_w2: sampler `{name}` returned non-finite values (NaN or inf).")
+  return probe
 
 
-def _as_source(data, name: str, batch_size: int, dtype):
-  """Return ``(sample(key, n, data), dim, data or None, moment sample)``."""
+def _prepare(data, name: str, dtype, rng, seed):
+  """``(fn or None, train array or None, moment sample, held-out sample, fingerprint part)``."""
   if callable(data):
-    probe = np.asarray(data(jax.random.PRNGKey(0), 8))
-    if probe.ndim != 2 or probe.shape[0] != 8:
-      raise ValueError(f"fit_w2: sampler `{name}(key, n)` must return an array of shape (n, d); "
-                       f"for n=8 it returned shape {probe.shape}.")
-    if not np.all(np.isfinite(probe)):
-      raise ValueError(f"fit_w2: sampler `{name}` returned non-finite values (NaN or inf).")
-    moment_sample = np.asarray(data(jax.random.PRNGKey(1), _N_EVAL), dtype)
-    return _Sampler(data, dtype.name), probe.shape[1], None, moment_sample
+    probe = _check_sampler(data, name)
+    moment = np.asarray(data(jax.random.PRNGKey(10 ** 6 + seed), _N_MOMENTS), dtype)
+    held = np.asarray(data(jax.random.PRNGKey(2 * 10 ** 6 + seed), _N_HELD_OUT), dtype)
+    tag = f"sampler {getattr(data, '__qualname__', type(data).__name__)} " + \
+        train.data_fingerprint(probe.astype(np.float32))
+    return data, None, moment, held, tag
   try:
     arr = np.asarray(data, dtype)
   except (TypeError, ValueError) as exc:
@@ -63,49 +117,25 @@ def _as_source(data, name: str, batch_size: int, dtype):
                     f"`sample(key, n) -> (n, d)`, got {type(data).__name__}.") from exc
   if arr.ndim == 1:
     arr = arr[:, None]
-  if arr.ndim != 2 or arr.shape[0] == 0:
-    raise ValueError(f"fit_w2: `{name}` must have shape (n, d) with n > 0, got {arr.shape}.")
+  if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    raise ValueError(f"fit_w2: `{name}` must have shape (n, d) with n > 0 and d > 0, got "
+                     f"{arr.shape}.")
   if not np.all(np.isfinite(arr)):
     bad = int(np.sum(~np.all(np.isfinite(arr), axis=1)))
     raise ValueError(f"fit_w2: `{name}` has {bad} row(s) with NaN or inf values.")
-  if batch_size > arr.shape[0]:
-    raise ValueError(f"fit_w2: `batch_size` ({batch_size}) is larger than `{name}`, which has "
-                     f"{arr.shape[0]} samples.")
-  return _from_array, arr.shape[1], jnp.asarray(arr), arr[:_N_EVAL * 4]
+  if arr.shape[0] < 2:
+    raise ValueError(f"fit_w2: `{name}` needs at least 2 samples, got {arr.shape[0]}.")
+  tag = "array " + train.data_fingerprint(arr)
+  perm = rng.permutation(arr.shape[0])
+  n_held = min(_N_HELD_OUT, arr.shape[0] // 5) if arr.shape[0] >= 50 else 0
+  held, rest = arr[perm[:n_held]], arr[perm[n_held:]]
+  if n_held == 0:  # too few rows to hold any out: the estimate is in-sample (documented)
+    held = rest
+  return None, rest, rest[:_N_MOMENTS], held, tag
 
 
-@functools.partial(jax.jit, static_argnames=("trainer", "src_fn", "tgt_fn", "batch_size", "steps",
-                                             "batch_sharding"))
-def _train_step(state: TrainState, key, src_data, tgt_data, *, trainer, src_fn, tgt_fn,
-                batch_size, steps, batch_sharding=None):
-  """Draw the batches of step ``state.step`` (``fold_in(key, step)``) and take one step.
-
-  With ``batch_sharding`` the batches are split over the devices of a mesh (the
-  parameters are replicated); XLA reduces the gradients across devices.
-  """
-  ks, kt = jax.random.split(jax.random.fold_in(key, state.step))
-  x = src_fn(ks, batch_size, src_data)
-  y = tgt_fn(kt, batch_size, tgt_data)
-  if batch_sharding is not None:
-    x = jax.lax.with_sharding_constraint(x, batch_sharding)
-    y = jax.lax.with_sharding_constraint(y, batch_sharding)
-  return trainer.step(state, x, y, steps)
-
-
-def _fingerprint(trainer, steps, batch_size, seed, dim) -> str:
-  return json.dumps({"trainer": as_config(trainer), "steps": steps, "batch_size": batch_size,
-                     "seed": seed, "dim": dim}, sort_keys=True)
-
-
-def _progress(step, steps, metrics, rate):
-  msg = (f"\r[neural-ot] step {step:>6d}/{steps}  loss {metrics['loss']: .4e}  "
-         f"W2^2 {metrics['w2']: .4f}  conj it {metrics['conj_iters']:.1f}"
-         f" (max {int(metrics['conj_iters_max'])})  {rate:.1f} it/s ")
-  sys.stderr.write(msg)
-  sys.stderr.flush()
-
-
-def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: int = 0,
+def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | None = None,
+           batch_size: int | None = None, seed: int = 0, standardize: bool = True,
            checkpoint_dir: str | None = None, checkpoint_every: int = 500, resume: bool = True,
            eval_fn: Callable | None = None, eval_every: int = 0, callback: Callable | None = None,
            progress: bool = True, log_every: int = 100, max_param_norm: float = 1e6,
@@ -115,28 +145,35 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
   Args:
     source, target: arrays ``(n, d)`` (numpy or jax; ``(n,)`` means ``d = 1``) or samplers
       ``sample(key, n) -> (n, d)`` (jit-able).
-    steps: optimizer steps. batch_size: samples per measure per step. seed: PRNG seed
-      (initialisation and batches; step ``s`` uses ``fold_in(key, s)``, so a resumed run
-      draws the same batches as an uninterrupted one).
+    steps: optimizer steps (default 4000 when ``max_seconds`` is not given).
+    max_seconds: wall-clock budget (compile included). The schedule is fitted to the steps
+      that the budget buys, measured as training runs; with ``steps`` too, whichever ends first.
+    batch_size: samples per measure per step (default from :func:`default_options`).
+    seed: PRNG seed (initialisation, split and batches; step ``s`` uses ``fold_in(key, s)``,
+      so a resumed run draws the same batches as an uninterrupted one).
+    standardize: learn at unit scale and compose back (see the module docstring).
     checkpoint_dir: where ``checkpoint.msgpack`` is written (atomically) every
       ``checkpoint_every`` steps, at the end, on interruption and on divergence (last good
-      state). With ``resume=True`` a matching checkpoint there is continued.
-    eval_fn: ``eval_fn(map, step) -> dict`` called every ``eval_every`` steps; the results
-      are kept in ``map.history``.
-    callback: ``callback(step, metrics)`` after every step (metrics as floats).
-    progress: print a progress line to stderr every ``log_every`` steps.
+      state). With ``resume=True`` a checkpoint of the same settings and data is continued; one
+      of other settings or data is refused.
+    eval_fn: ``eval_fn(map, step) -> dict`` called every ``eval_every`` steps; the results are
+      kept in ``map.history``.
+    callback: ``callback(step, metrics)`` every ``log_every`` steps (metrics as floats).
+    progress: show progress on stderr every ``log_every`` steps.
+    log_every: metrics are fetched from the device (a host sync) only every ``log_every``
+      steps; the divergence guard still checks every step on the device.
     max_param_norm: stop with :class:`TrainingDivergedError` beyond this parameter norm.
     dtype: float dtype of training (default float32, or float64 under x64).
-    mesh: a :class:`jax.sharding.Mesh`: data-parallel training, each step's batch split
-      over the devices of ``axis_name`` (default: the mesh's only axis), parameters and
-      optimizer state replicated, gradients reduced across devices by XLA. Same batches
-      as on one device, so the same seed gives the same run up to float round-off.
+    mesh: a :class:`jax.sharding.Mesh`: data-parallel training, each step's batch split over
+      the devices of ``axis_name`` (default: the mesh's only axis), parameters replicated.
       ``batch_size`` must be a multiple of the number of devices.
     **options: fields of :class:`W2Trainer` (potential, hidden, amortization, finetune,
-      finetune_iters, learning_rate, init, ...).
+      finetune_iters, learning_rate, b1, b2, init, ...); unset ones come from
+      :func:`default_options`.
 
   Returns:
-    A :class:`W2Map` with ``transport``, ``inverse``, ``w2``, ``save``.
+    A :class:`W2Map` with ``transport``, ``inverse``, ``w2`` (dual estimate on held-out
+    samples, in the user's units), ``save``.
 
   Example:
     >>> import jax, neural_ot
@@ -150,125 +187,110 @@ def fit_w2(source, target, *, steps: int = 2000, batch_size: int = 256, seed: in
   if unknown:
     raise TypeError(f"fit_w2: unknown option(s) {unknown}; valid options are {sorted(fields)} "
                     f"and the keyword arguments of fit_w2.")
-  for name, val in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every",
-                                                                    checkpoint_every)):
-    if not (isinstance(val, (int, np.integer)) and val >= 1):
+  if steps is None and max_seconds is None:
+    steps = 4000
+  for name, val in (("steps", steps), ("batch_size", batch_size),
+                    ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
+    if val is not None and not (isinstance(val, (int, np.integer)) and val >= 1):
       raise ValueError(f"fit_w2: `{name}` must be an int >= 1, got {val!r}.")
-  trainer = W2Trainer(**options)
+  if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+    raise ValueError(f"fit_w2: `max_seconds` must be a number > 0, got {max_seconds!r}.")
   if dtype is None:
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
   dtype = np.dtype(dtype)
 
-  src_fn, d_src, src_data, src_mom = _as_source(source, "source", batch_size, dtype)
-  tgt_fn, d_tgt, tgt_data, tgt_mom = _as_source(target, "target", batch_size, dtype)
+  rng = np.random.default_rng(seed)
+  src_fn, src_arr, src_mom, src_held, src_tag = _prepare(source, "source", dtype, rng, seed)
+  tgt_fn, tgt_arr, tgt_mom, tgt_held, tgt_tag = _prepare(target, "target", dtype, rng, seed)
+  d_src, d_tgt = src_mom.shape[1], tgt_mom.shape[1]
   if d_src != d_tgt:
     raise ValueError(f"fit_w2: `source` and `target` must have the same dimension, got "
                      f"d={d_src} and d={d_tgt}.")
   dim = d_src
+  n_min = min(a.shape[0] for a in (src_arr, tgt_arr) if a is not None) if (
+      src_arr is not None or tgt_arr is not None) else None
+  defaults = default_options(dim, n_min)
+  if batch_size is None:
+    batch_size = defaults.pop("batch_size")
+  else:
+    defaults.pop("batch_size")
+  for arr, name in ((src_arr, "source"), (tgt_arr, "target")):
+    if arr is not None and batch_size > arr.shape[0]:
+      raise ValueError(f"fit_w2: `batch_size` ({batch_size}) is larger than `{name}`, which has "
+                       f"{arr.shape[0]} training samples.")
+  trainer = W2Trainer(**{**defaults, **options})
 
-  key = jax.random.PRNGKey(seed)
-  k_init, k_data = jax.random.split(key)
+  frame = Frame.fit(src_mom, tgt_mom) if standardize else Frame.identity(dim)
   moments = None
   if trainer.init == "gaussian":
-    moments = (gaussian.moments(src_mom), gaussian.moments(tgt_mom))
-  state = trainer.init_state(k_init, dim, steps, *(moments or (None, None)), dtype=dtype)
+    moments = (gaussian.moments(frame.to_source(src_mom)),
+               gaussian.moments(frame.to_target(tgt_mom)))
+  key = jax.random.PRNGKey(seed)
+  k_init, k_data = jax.random.split(key)
+  horizon = steps if steps is not None else 1000  # re-planned from the measured step rate
+  state = trainer.init_state(k_init, dim, horizon, *(moments or (None, None)), dtype=dtype)
 
-  batch_sharding = None
+  sharding, placement = None, None
   if mesh is not None:
     from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-    from neural_ot.geometry.pointcloud import check_mesh_axis  # pylint: disable=import-outside-toplevel
+    from neural_ot.sharding import check_mesh_axis  # pylint: disable=import-outside-toplevel
     axis_name = check_mesh_axis(mesh, axis_name)
     ndev = mesh.shape[axis_name]
     if batch_size % ndev:
       raise ValueError(f"fit_w2: `batch_size` ({batch_size}) must be a multiple of the "
                        f"{ndev} devices of mesh axis {axis_name!r}.")
-    batch_sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+    sharding = NamedSharding(mesh, PartitionSpec(axis_name))
     replicated = NamedSharding(mesh, PartitionSpec())
+    placement = lambda tree: jax.device_put(tree, replicated)
 
-  train_step = functools.partial(_train_step, trainer=trainer, src_fn=src_fn, tgt_fn=tgt_fn,
-                                 batch_size=int(batch_size), steps=int(steps),
-                                 batch_sharding=batch_sharding)
+  sampler = PairSampler(int(batch_size), src_fn, tgt_fn, dtype.name, sharding)
+  data = {"frame": frame.astype(dtype)}
+  if src_arr is not None:
+    data["x"] = jnp.asarray(src_arr)
+  if tgt_arr is not None:
+    data["y"] = jnp.asarray(tgt_arr)
 
-  fingerprint = _fingerprint(trainer, steps, batch_size, seed, dim)
-  ckpt_path = os.path.join(checkpoint_dir, _CKPT) if checkpoint_dir else None
-  history: list[dict] = []
-  if ckpt_path and resume and os.path.isfile(ckpt_path):
-    state, history = _restore(ckpt_path, state, fingerprint)
-    if progress:
-      sys.stderr.write(f"[neural-ot] resuming from step {int(state.step)} ({ckpt_path})\n")
-  if mesh is not None:
-    state, src_data, tgt_data = jax.device_put((state, src_data, tgt_data), replicated)
+  fingerprint = json.dumps({"trainer": as_config(trainer), "steps": steps,
+                            "batch_size": int(batch_size), "seed": seed, "dim": dim,
+                            "standardize": standardize, "source": src_tag, "target": tgt_tag,
+                            "dtype": dtype.name}, sort_keys=True)
 
-  def save(st, hist):
-    if ckpt_path:
-      checkpoint.save_atomic(ckpt_path, {"fingerprint": fingerprint, "state": st._asdict(),
-                                         "history": json.dumps(hist)})
+  def make_map(st, w2=float("nan"), history=()):
+    return W2Map(trainer, st.params, dim, w2, tuple(history), frame)
 
-  def make_map(st, w2=float("nan")):
-    return W2Map(trainer, st.params, dim, w2, tuple(history))
-
-  good = state
-  t0, step0 = time.perf_counter(), int(state.step)
-  try:
-    for step in range(int(state.step), steps):
-      new_state, metrics = train_step(good, k_data, src_data, tgt_data)
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
-              and m["param_norm"] < max_param_norm):
-        save(good, history)
-        where = f"; the last good state (step {step}) is in {ckpt_path}" if ckpt_path else ""
-        raise TrainingDivergedError(
-            f"fit_w2: training diverged at step {step + 1}: loss={m['loss']:.3g}, gradient norm="
-            f"{m['grad_norm']:.3g}, parameter norm={m['param_norm']:.3g}{where}. Try a smaller "
-            f"`learning_rate`, `init='gaussian'` or standardised data.")
-      good = new_state
-      done = step + 1
-      if callback is not None:
-        callback(done, m)
-      if progress and (done % log_every == 0 or done == steps):
-        _progress(done, steps, m, (done - step0) / (time.perf_counter() - t0))
-      if done % log_every == 0 or done == steps:
-        history.append({"step": done, **{k: m[k] for k in ("loss", "w2", "conj_iters",
-                                                            "pred_error")}})
-      if eval_fn is not None and eval_every and done % eval_every == 0:
-        history.append({"step": done, **{k: float(v) for k, v in
-                                         eval_fn(make_map(good), done).items()}})
-      if ckpt_path and done % checkpoint_every == 0:
-        save(good, history)
-  except (KeyboardInterrupt, Exception) as exc:
-    if not isinstance(exc, TrainingDivergedError):
-      save(good, history)
-    if progress:
-      sys.stderr.write("\n")
-    raise
-  if progress:
-    sys.stderr.write("\n")
-  save(good, history)
-  w2 = _dual_w2(trainer, good.params, src_mom[:_N_EVAL], tgt_mom[:_N_EVAL])
-  return make_map(good, w2)
+  run_eval = None
+  if eval_fn is not None:
+    run_eval = lambda st, step: eval_fn(make_map(st), step)
+  cb = callback
+  state, history = train.run(
+      trainer, state, sampler, data, k_data, steps=steps, max_seconds=max_seconds,
+      checkpoint_path=os.path.join(checkpoint_dir, _CKPT) if checkpoint_dir else None,
+      fingerprint=fingerprint, resume=resume, checkpoint_every=checkpoint_every,
+      log_every=log_every, max_param_norm=max_param_norm, eval_fn=run_eval,
+      eval_every=eval_every, callback=cb, progress=progress, name="fit_w2",
+      show=("loss", "conj_iters"), placement=placement,
+      advice="Try a smaller `learning_rate`, `init='gaussian'` or standardised data")
+  mp = make_map(state, history=history)
+  return dataclasses.replace(mp, w2=dual_w2(mp, src_held, tgt_held))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _dual_w2_impl(trainer, params, x, y):
+def _dual_terms(trainer, params, x, y):
   f = trainer.potential_fn(params["f"])
   solver = dataclasses.replace(trainer.solver, tol=1e-5, max_iters=100)
   res = solver(f, y, trainer.predict(params["g"], y))
-  dual = jax.vmap(f)(x).mean() + res.value.mean()
-  return jnp.mean(jnp.sum(x * x, -1)) + jnp.mean(jnp.sum(y * y, -1)) - 2 * dual
+  return jax.vmap(f)(x).mean(), res.value.mean()
 
 
-def _dual_w2(trainer, params, x, y) -> float:
-  """W2^2 = E|x|^2 + E|y|^2 - 2 (E f(x) + E f*(y)), conjugate solved to |grad| < 1e-5."""
-  return float(_dual_w2_impl(trainer, params, jnp.asarray(x), jnp.asarray(y)))
-
-
-def _restore(path, template: TrainState, fingerprint: str):
-  from flax import serialization
-  raw = checkpoint.load(path)
-  if raw.get("fingerprint") != fingerprint:
-    raise ValueError(
-        f"fit_w2: the checkpoint in {os.path.dirname(path)!r} was written by a run with other "
-        f"settings; pass `resume=False` to start over or use another `checkpoint_dir`.")
-  state = serialization.from_state_dict(template._asdict(), raw["state"])
-  state = TrainState(**jax.tree.map(jnp.asarray, state))
-  return state, json.loads(raw["history"])
+def dual_w2(mp: W2Map, x, y) -> float:
+  """The dual estimate of ``W2^2`` (cost ``|x - y|^2``) from samples ``x ~ P``, ``y ~ Q``:
+  ``E|x|^2 + E|y|^2 - 2 (E f(x) + E f*(y))`` with ``f*`` solved to ``|grad| < 1e-5``, in the
+  user's units (the map's standardisation is undone in closed form)."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  fr = mp.frame
+  xs, ys = fr.to_source(jnp.asarray(x, mp.dtype)), fr.to_target(jnp.asarray(y, mp.dtype))
+  ef, efc = (float(v) for v in _dual_terms(mp.trainer, mp.params, xs, ys))
+  mx, sx, my, sy = (np.asarray(v, np.float64) for v in (fr.mx, fr.sx, fr.my, fr.sy))
+  # f(x) = sx sy f'((x - mx)/sx) + <my, x>;  f*(y) = <mx, y - my> + sx sy f'*((y - my)/sy).
+  dual = float(sx * sy) * (ef + efc) + float(my @ x.mean(0)) + float(mx @ (y.mean(0) - my))
+  return float(np.mean(np.sum(x * x, -1)) + np.mean(np.sum(y * y, -1)) - 2 * dual)

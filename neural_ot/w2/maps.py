@@ -5,18 +5,54 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neural_ot.w2 import checkpoint
+from neural_ot import io
 from neural_ot.w2.trainer import W2Trainer, as_config
 
-__all__ = ["W2Map", "load_map"]
+__all__ = ["W2Map", "Frame", "load_map"]
 
 _FORMAT = "neural_ot.W2Map/1"
+
+
+class Frame(NamedTuple):
+  """Standardisation of the two measures: ``x' = (x - mx) / sx``, ``y' = (y - my) / sy``
+  (scalars ``sx, sy > 0``; translations and positive scalings keep optimal maps optimal)."""
+
+  mx: Any
+  sx: Any
+  my: Any
+  sy: Any
+
+  @classmethod
+  def fit(cls, x, y) -> "Frame":
+    """Means and root mean per-coordinate standard deviations of samples ``x``, ``y``."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    scale = lambda v: max(float(np.sqrt(np.mean(np.var(v, 0)))), 1e-12)
+    return cls(x.mean(0), np.float64(scale(x)), y.mean(0), np.float64(scale(y)))
+
+  @classmethod
+  def identity(cls, dim: int) -> "Frame":
+    return cls(np.zeros(dim), np.float64(1.0), np.zeros(dim), np.float64(1.0))
+
+  def astype(self, dtype) -> "Frame":
+    return Frame(*(jnp.asarray(v, dtype) for v in self))
+
+  def to_source(self, x):
+    return (x - self.mx) / self.sx
+
+  def to_target(self, y):
+    return (y - self.my) / self.sy
+
+  def from_source(self, x):
+    return x * self.sx + self.mx
+
+  def from_target(self, y):
+    return y * self.sy + self.my
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -50,6 +86,8 @@ class W2Map:
     dim: dimension of the space.
     w2: squared W2 estimate from the dual on held-out samples (``nan`` if unknown).
     history: list of logged metric dicts.
+    frame: the standardisation the networks were trained in (:class:`Frame`); the map's
+      methods take and return the user's units.
   """
 
   trainer: W2Trainer
@@ -57,36 +95,55 @@ class W2Map:
   dim: int
   w2: float = float("nan")
   history: tuple = ()
+  frame: Frame | None = None
 
+  def __post_init__(self):
+    if self.frame is None:
+      object.__setattr__(self, "frame", Frame.identity(self.dim))
+
+  def __repr__(self):
+    n = sum(int(np.size(v)) for v in jax.tree.leaves(self.params))
+    return (f"W2Map(dim={self.dim}, potential={self.trainer.potential!r}, "
+            f"hidden={self.trainer.hidden}, parameters={n}, w2={self.w2:.6g})")
+
+  @property
+  def dtype(self):
+    return jax.tree.leaves(self.params)[0].dtype
   def _check(self, x, name):
     arr = jnp.asarray(x)
     if arr.ndim not in (1, 2) or arr.shape[-1] != self.dim:
       raise ValueError(f"W2Map: `{name}` must have shape (n, {self.dim}) or ({self.dim},), got "
                        f"{tuple(np.shape(x))}.")
-    dtype = jax.tree.leaves(self.params)[0].dtype
-    return arr.astype(dtype)
+    return arr.astype(self.dtype)
 
   def transport(self, x) -> jax.Array:
     """Forward map ``grad f(x)``; ``x: (n, d)`` or ``(d,)``, numpy or jax."""
     arr = self._check(x, "x")
-    out = _transport(self.trainer, self.params["f"], jnp.atleast_2d(arr))
+    fr = self.frame.astype(self.dtype)
+    out = fr.from_target(_transport(self.trainer, self.params["f"],
+                                    fr.to_source(jnp.atleast_2d(arr))))
     return out if arr.ndim == 2 else out[0]
 
   def __call__(self, x) -> jax.Array:
     return self.transport(x)
 
   def potential(self, x) -> jax.Array:
-    """Convex potential ``f(x)``, shape ``(n,)``."""
+    """Convex potential ``f(x)`` (up to a constant; ``grad f`` is :meth:`transport`), shape ``(n,)``."""
     arr = self._check(x, "x")
-    out = _potential(self.trainer, self.params["f"], jnp.atleast_2d(arr))
+    fr = self.frame.astype(self.dtype)
+    x2 = jnp.atleast_2d(arr)
+    out = (fr.sx * fr.sy * _potential(self.trainer, self.params["f"], fr.to_source(x2))
+           + x2 @ fr.my)
     return out if arr.ndim == 2 else out[0]
 
   def inverse(self, y, finetune_iters: int = 50, tol: float = 1e-5, return_iters: bool = False):
     """Inverse map ``grad f*(y) = argmax_x <x, y> - f(x)``: the predictor's
     guess refined by up to ``finetune_iters`` solver steps to ``|grad f(x) - y| < tol``."""
     arr = self._check(y, "y")
-    x, iters = _inverse(self.trainer, self.params, jnp.atleast_2d(arr), int(finetune_iters),
-                        float(tol))
+    fr = self.frame.astype(self.dtype)
+    x, iters = _inverse(self.trainer, self.params, fr.to_target(jnp.atleast_2d(arr)),
+                        int(finetune_iters), float(tol))
+    x = fr.from_source(x)
     x = x if arr.ndim == 2 else x[0]
     return (x, iters) if return_iters else x
 
@@ -94,14 +151,15 @@ class W2Map:
     """Write the map to one file (atomic); read it back with :func:`load_map`."""
     meta = {"format": _FORMAT, "trainer": as_config(self.trainer), "dim": self.dim,
             "w2": self.w2, "history": list(self.history)}
-    checkpoint.save_atomic(path, {"meta": json.dumps(meta),
-                                  "params": jax.tree.map(np.asarray, self.params)})
+    io.save_atomic(path, {"format": _FORMAT, "meta": json.dumps(meta),
+                          "frame": {k: np.asarray(v) for k, v in self.frame._asdict().items()},
+                          "params": jax.tree.map(np.asarray, self.params)})
 
 
 def load_map(path: str) -> W2Map:
   """Load a map written by :meth:`W2Map.save`."""
   try:
-    raw = checkpoint.load(path)
+    raw = io.load(path)
     meta = json.loads(raw["meta"])
     if meta.get("format") != _FORMAT:
       raise KeyError("format")
@@ -111,4 +169,5 @@ def load_map(path: str) -> W2Map:
     raise ValueError(f"load_map: {path!r} is not a neural_ot W2 map file.") from exc
   trainer = W2Trainer(**meta["trainer"])
   params = jax.tree.map(jnp.asarray, raw["params"])
-  return W2Map(trainer, params, int(meta["dim"]), float(meta["w2"]), tuple(meta["history"]))
+  frame = Frame(**raw["frame"]) if "frame" in raw else None  # files before the frame: identity
+  return W2Map(trainer, params, int(meta["dim"]), float(meta["w2"]), tuple(meta["history"]), frame)

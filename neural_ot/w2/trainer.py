@@ -16,7 +16,7 @@ Makkuva et al.'s min-max scheme (parallel updates).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,21 +25,13 @@ import optax
 
 from neural_ot.conjugate import ConjugateSolver
 from neural_ot.potentials import ICNN, MLPPotential, MLPPredictor
-from neural_ot.w2 import gaussian
+from neural_ot.train import TrainState, cosine_schedule
 
 __all__ = ["W2Trainer", "TrainState"]
 
 _AMORTIZATION = ("regression", "objective", "cycle")
 _POTENTIALS = ("icnn", "mlp")
 _INITS = ("gaussian", "identity")
-
-
-class TrainState(NamedTuple):
-  """Everything a training run needs to continue: parameters, optimizer state, step."""
-
-  params: Any  # {"f": ..., "g": ...}
-  opt_state: Any
-  step: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +48,10 @@ class W2Trainer:
     finetune: conjugate solver for fine-tuning, ``"lbfgs"`` or ``"adam"``.
     finetune_iters: solver steps from the prediction per training step (0: none).
     finetune_tol: the solver stops a sample when ``|grad f(x) - y| < finetune_tol``.
-    learning_rate: peak AdamW learning rate (cosine decay to 5 %).
+    learning_rate: peak AdamW learning rate (cosine decay to 5 % over the run's horizon).
+    b1, b2: AdamW's moment decay rates.
     warmup_steps: linear warm-up steps.
-    weight_decay: AdamW decoupled weight decay (not applied to the quadratic term).
+    weight_decay: AdamW decoupled weight decay (where the networks' ``decay_mask`` allows).
     grad_clip: global gradient norm clip.
     init: ``"gaussian"`` (``grad f`` starts at the OT map between the measures'
       moment-matched Gaussians) or ``"identity"``.
@@ -74,6 +67,8 @@ class W2Trainer:
   finetune_iters: int = 10
   finetune_tol: float = 1e-3
   learning_rate: float = 1e-2
+  b1: float = 0.9
+  b2: float = 0.999
   warmup_steps: int = 50
   weight_decay: float = 1e-5
   grad_clip: float = 10.0
@@ -92,6 +87,11 @@ class W2Trainer:
     for name in ("learning_rate", "finetune_tol", "grad_clip"):
       if not float(getattr(self, name)) > 0:
         raise ValueError(f"fit_w2: `{name}` must be > 0, got {getattr(self, name)!r}.")
+    for name in ("b1", "b2"):
+      if not 0.0 <= float(getattr(self, name)) < 1.0:
+        raise ValueError(f"fit_w2: `{name}` must be in [0, 1), got {getattr(self, name)!r}.")
+    if not float(self.strong_convexity) >= 0:
+      raise ValueError(f"fit_w2: `strong_convexity` must be >= 0, got {self.strong_convexity!r}.")
     if not self.hidden:
       raise ValueError("fit_w2: `hidden` must list at least one layer width.")
 
@@ -112,37 +112,31 @@ class W2Trainer:
   def solver(self) -> ConjugateSolver:
     return ConjugateSolver(self.finetune, tol=self.finetune_tol, max_iters=self.finetune_iters)
 
-  def optimizer(self, steps: int) -> optax.GradientTransformation:
-    warmup = min(self.warmup_steps, max(steps // 10, 1))
-    sched = optax.warmup_cosine_decay_schedule(
-        0.0, self.learning_rate, warmup, max(steps, warmup + 1), end_value=0.05 * self.learning_rate)
-    decay_mask = lambda p: jax.tree_util.tree_map_with_path(
-        lambda path, _: "quad" not in jax.tree_util.keystr(path), p)
+  def optimizer(self) -> optax.GradientTransformation:
+    """Clipped AdamW at unit rate; :meth:`step` scales its updates by the schedule."""
+    mask = lambda p: {"f": self.f_module.decay_mask(p["f"]), "g": self.g_module.decay_mask(p["g"])}
     return optax.chain(optax.clip_by_global_norm(self.grad_clip),
-                       optax.adamw(sched, weight_decay=self.weight_decay, mask=decay_mask))
+                       optax.adamw(1.0, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
+                                   mask=mask))
 
   def init_state(self, key: jax.Array, dim: int, steps: int, source_moments=None,
-           target_moments=None, dtype=jnp.float32) -> TrainState:
-    """Initial parameters and optimizer state.
+                 target_moments=None, dtype=jnp.float32) -> TrainState:
+    """Initial parameters and optimizer state for a run planned to last ``steps`` steps.
 
-    With ``init="gaussian"`` and the moments ``(mean, cov)`` of both measures,
-    ``grad f`` starts at the Gaussian OT map ``A x + b`` and the predictor at
-    its inverse.
+    With ``init="gaussian"`` and the moments ``(mean, cov)`` of both measures, ``grad f``
+    starts at the Gaussian OT map ``A x + b`` (the networks set their own parameters:
+    ``from_moments``) and the predictor at its inverse.
     """
     kf, kg = jax.random.split(key)
     zero = jnp.zeros((dim,), dtype)
-    params = {"f": self.f_module.init(kf, zero), "g": self.g_module.init(kg, zero)}
+    pf, pg = self.f_module.init(kf, zero), self.g_module.init(kg, zero)
     if self.init == "gaussian" and source_moments is not None:
-      a, b = gaussian.gaussian_map(*source_moments, *target_moments)
-      a_inv = jnp.linalg.inv(a)
-      params = jax.tree.map(lambda v: v, params)  # shallow copy of the dict tree
-      pf, pg = params["f"]["params"], params["g"]["params"]
-      pf["quad"] = gaussian.sqrtm_psd(a).astype(dtype)
-      pf["linear"] = {"kernel": b[:, None].astype(dtype),
-                      "bias": jnp.zeros((1,), dtype)}
-      pg["affine"] = {"kernel": a_inv.astype(dtype), "bias": (-(a_inv @ b)).astype(dtype)}
-    opt_state = self.optimizer(steps).init(params)
-    return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
+      pf = self.f_module.from_moments(pf, source_moments, target_moments)
+      pg = self.g_module.from_moments(pg, source_moments, target_moments)
+    params = jax.tree.map(lambda v: jnp.asarray(v, dtype), {"f": pf, "g": pg})
+    opt_state = self.optimizer().init(params)
+    return TrainState(params, opt_state, jnp.zeros((), jnp.int32),
+                      jnp.asarray(float(steps), jnp.float32))
 
   # -- losses --------------------------------------------------------------
 
@@ -179,21 +173,24 @@ class W2Trainer:
       loss_g = jnp.mean(jnp.sum((jax.vmap(jax.grad(f_sg))(x_hat) - y) ** 2, -1))
     dual = fx.mean() + conj.mean()
     w2 = jnp.mean(jnp.sum(x * x, -1)) + jnp.mean(jnp.sum(y * y, -1)) - 2 * dual
-    metrics = {"loss": jax.lax.stop_gradient(dual), "w2": jax.lax.stop_gradient(w2),
-               "loss_g": jax.lax.stop_gradient(loss_g), "conj_iters": iters.mean(),
-               "conj_iters_max": iters.max(), "conj_grad_norm": grad_norm.max(),
-               "pred_error": jnp.sqrt(jnp.mean(jnp.sum((jax.lax.stop_gradient(x_hat) - x_t) ** 2, -1)))}
+    sg = jax.lax.stop_gradient
+    metrics = {"loss": sg(dual), "w2": sg(w2), "loss_g": sg(loss_g),
+               "conj_iters": iters.mean().astype(jnp.float32),
+               "conj_iters_max": iters.max().astype(jnp.float32),
+               "conj_grad_norm": grad_norm.max(),
+               "pred_error": jnp.sqrt(jnp.mean(jnp.sum((sg(x_hat) - x_t) ** 2, -1)))}
     return loss_f + loss_g, metrics
 
-  def step(self, state: TrainState, x: jax.Array, y: jax.Array, steps: int):
-    """One optimizer step on a batch; returns the new state and metrics."""
+  def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """One optimizer step on a batch ``(x, y)``; returns the new state and metrics."""
+    x, y = batch
     (_, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, x, y)
-    updates, opt_state = self.optimizer(steps).update(grads, state.opt_state, state.params)
+    updates, opt_state = self.optimizer().update(grads, state.opt_state, state.params)
+    lr = cosine_schedule(state.step, state.horizon, self.learning_rate, self.warmup_steps)
+    updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
-    sq = sum(jnp.sum(v * v) for v in jax.tree.leaves(params))
-    metrics["param_norm"] = jnp.sqrt(sq)
     metrics["grad_norm"] = optax.global_norm(grads)
-    return TrainState(params, opt_state, state.step + 1), metrics
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 
 def as_config(trainer: W2Trainer) -> dict:

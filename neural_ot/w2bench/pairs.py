@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neural_ot.w2 import gaussian
+from neural_ot import gaussian
 
 __all__ = ["KnownMapPair", "dense_icnn", "load_pair", "gaussian_pair", "potential_pair",
            "random_pair", "default_data_dir"]

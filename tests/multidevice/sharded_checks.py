@@ -158,15 +158,16 @@ def test_data_parallel_fit_w2_matches_single_device(mesh):
 def test_data_parallel_step_reduces_gradients_across_devices(mesh):
   """The compiled step splits the batch and all-reduces (not a replicated computation)."""
   from jax.sharding import PartitionSpec
-  from neural_ot.w2 import fit as fit_lib
-  from neural_ot.w2.trainer import W2Trainer
+  from neural_ot import train
+  from neural_ot.w2 import Frame, PairSampler, W2Trainer
   trainer = W2Trainer(hidden=(16,), predictor_hidden=(16,), init="identity")
   state = trainer.init_state(jax.random.PRNGKey(0), 2, 10)
   data = jnp.ones((64, 2))
-  step = jax.jit(lambda s, d: fit_lib._train_step(
-      s, jax.random.PRNGKey(1), d, d, trainer=trainer, src_fn=fit_lib._from_array,
-      tgt_fn=fit_lib._from_array, batch_size=32, steps=10,
-      batch_sharding=NamedSharding(mesh, PartitionSpec("points"))))
+  sampler = PairSampler(32, sharding=NamedSharding(mesh, PartitionSpec("points")))
+  frame = Frame.identity(2).astype(jnp.float32)
+  step = jax.jit(lambda s, d: train.guarded_step(
+      s, jnp.asarray(True), jax.random.PRNGKey(1), {"frame": frame, "x": d, "y": d}, 1e6,
+      trainer=trainer, sampler=sampler))
   hlo = step.lower(state, data).compile().as_text()
   assert "all-reduce" in hlo
 

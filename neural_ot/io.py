@@ -1,0 +1,81 @@
+"""Files: atomic msgpack writes (flax serialization) with a format tag, and checked reads.
+
+Every object the library saves (W2 maps, Meta OT models, training checkpoints) is one
+msgpack file holding a dict with a ``"format"`` tag; :func:`load` with ``expect=`` refuses a
+file of another kind with a message that says what it is.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from flax import serialization
+
+__all__ = ["save_atomic", "load", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "neural_ot.Checkpoint/1"
+
+
+def _umask() -> int:
+  """The process umask, read without changing it (``os.umask`` would race with threads)."""
+  try:
+    with open("/proc/self/status") as fh:
+      for line in fh:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  return 0o022
+
+
+def save_atomic(path: str, tree: Any) -> None:
+  """Write ``tree`` (dicts of arrays, numbers, strings) to ``path`` atomically.
+
+  The bytes go to a temporary file in the same directory, are flushed to disk and then
+  renamed over ``path``: a crash leaves either the old or the new file, never a truncated one.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  data = serialization.msgpack_serialize(serialization.to_state_dict(tree))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".msgpack")
+  try:
+    with os.fdopen(fd, "wb") as fh:
+      fh.write(data)
+      fh.flush()
+      os.fsync(fh.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def load(path: str, expect: str | None = None, what: str = "file") -> dict:
+  """Read a file written by :func:`save_atomic` (nested dict of numpy arrays).
+
+  With ``expect``, the file's ``"format"`` tag must equal it (a ``ValueError`` says what the
+  file is otherwise); unreadable bytes raise ``ValueError`` too.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no {what} at {path!r}")
+  with open(path, "rb") as fh:
+    raw = fh.read()
+  try:
+    tree = serialization.msgpack_restore(raw)
+  except Exception as exc:  # msgpack raises several types on corrupt bytes
+    raise ValueError(f"{path!r} is not a readable neural_ot {what} (corrupt or not msgpack).") \
+        from exc
+  if not isinstance(tree, dict):
+    raise ValueError(f"{path!r} is not a neural_ot {what}.")
+  if expect is not None:
+    tag = tree.get("format")
+    if isinstance(tag, bytes):
+      tag = tag.decode(errors="replace")
+    if tag != expect:
+      raise ValueError(f"{path!r} is not a neural_ot {what} (format {tag!r}, expected {expect!r}).")
+  return tree
