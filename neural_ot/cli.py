@@ -245,6 +245,8 @@ def _fit(args) -> int:
   opts["batch_size"] = min(opts["batch_size"], len(x), len(y))
   ckpt_dir = os.path.join(args.out, "checkpoints")
   ckpt = os.path.join(ckpt_dir, "checkpoint.msgpack")
+  if os.path.isfile(ckpt) and not args.restart:
+    print(f"neural-ot fit: resuming from {ckpt} (--restart to start over)", file=sys.stderr)
   t0 = time.perf_counter()
   try:
     mp = neural_ot.fit_w2(x, y, checkpoint_dir=ckpt_dir, resume=not args.restart, **opts)
