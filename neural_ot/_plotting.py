@@ -5,17 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+def _figure(**kwargs):
+  """A figure with its own Agg canvas: no pyplot, so no global backend switch and no
+  figure registered with the user's pyplot state."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(**kwargs)
+  FigureCanvasAgg(fig)
+  return fig
 
 
 def plot_sinkhorn(x, y, tx, plan, summary, path):
   """Barycentric map arrows and the sorted plan of a Sinkhorn solve."""
-  plt = _plt()
-  fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+  fig = _figure(figsize=(11, 5))
+  axes = fig.subplots(1, 2)
   ax = axes[0]
   ax.scatter(x[:, 0], x[:, 1], s=6, c="tab:blue", label="source x")
   ax.scatter(y[:, 0], y[:, 1], s=6, c="tab:orange", label="target y")
@@ -40,13 +43,12 @@ def plot_sinkhorn(x, y, tx, plan, summary, path):
                f"{summary['n_iters']} iterations, S_eps={summary['sinkhorn_divergence_W2sq_estimate']:.3f}")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def plot_map(x, y, tx, iy, title, path, n_arrows=200):
   """Four panels: samples, forward map T(x), displacements, inverse T^{-1}(y)."""
-  plt = _plt()
-  fig, axes = plt.subplots(1, 4, figsize=(18, 4.8), sharex=True, sharey=True)
+  fig = _figure(figsize=(18, 4.8))
+  axes = fig.subplots(1, 4, sharex=True, sharey=True)
   kw = dict(s=4, alpha=0.6, rasterized=True)
   axes[0].scatter(x[:, 0], x[:, 1], c="tab:blue", label="source x", **kw)
   axes[0].scatter(y[:, 0], y[:, 1], c="tab:orange", label="target y", **kw)
@@ -73,4 +75,3 @@ def plot_map(x, y, tx, iy, title, path, n_arrows=200):
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)

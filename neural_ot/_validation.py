@@ -47,7 +47,15 @@ def check_points(x, name: str):
   return x
 
 
+# Balanced weights whose total is within this of 1 are normalised by the solver (a mass gap
+# is a floor on the marginal error, so it could never reach a tighter `tol`); further off,
+# the weights are most likely not what the caller meant, and are refused.
+MASS_TOL = 1e-4
+
+
 def check_weights(w, n: int, name: str, points_name: str, balanced: bool, dtype):
+  """Concrete weights: finite, non-negative, positive mass and (balanced) a total within
+  ``MASS_TOL`` of one. Traced weights are checked on device instead (``diverged``)."""
   if w is None:
     return jnp.full((n,), 1.0 / n, dtype)
   w = as_float_array(w, name, ndim=1)
@@ -62,10 +70,11 @@ def check_weights(w, n: int, name: str, points_name: str, balanced: bool, dtype)
     total = float(np.sum(wn, dtype=np.float64))
     if total <= 0:
       raise ValueError(f"`{name}` must have positive total mass, got {total:.3g}.")
-    if balanced and abs(total - 1.0) > 1e-4:
+    if balanced and abs(total - 1.0) > MASS_TOL:
       raise ValueError(
-          f"`{name}` must sum to 1 for a balanced problem, got {total:.6g} "
-          "(normalise it, or set rho_a/rho_b for unbalanced OT).")
+          f"`{name}` must sum to 1 for a balanced problem, got {total:.6g} (off by "
+          f"{abs(total - 1.0):.3g}; totals within {MASS_TOL:g} of 1 are normalised, larger "
+          "gaps are refused): normalise it, or set rho_a/rho_b for unbalanced OT.")
   return w.astype(dtype)
 
 

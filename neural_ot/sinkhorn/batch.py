@@ -9,7 +9,7 @@ import numpy as np
 from neural_ot import _validation
 from neural_ot.geometry.pointcloud import PointCloud, check_mesh_axis
 from neural_ot.sinkhorn.output import SinkhornOutput
-from neural_ot.sinkhorn.solver import Sinkhorn
+from neural_ot.sinkhorn.solver import make_solver
 
 __all__ = ["sinkhorn_batch"]
 
@@ -46,10 +46,11 @@ def _check_batch(x, y, a, b, epsilon, balanced):
       if np.any(tot <= 0):
         raise ValueError(f"`{name}` must have positive mass in every problem; problem "
                          f"{int(np.argmin(tot))} has {tot.min():.3g}.")
-      if balanced and np.any(np.abs(tot - 1.0) > 1e-4):
+      if balanced and np.any(np.abs(tot - 1.0) > _validation.MASS_TOL):
         i = int(np.argmax(np.abs(tot - 1.0)))
         raise ValueError(f"`{name}` must sum to 1 in every problem for a balanced solve; "
-                         f"problem {i} sums to {tot[i]:.6g}.")
+                         f"problem {i} sums to {tot[i]:.6g} (off by {abs(tot[i] - 1.0):.3g}; "
+                         f"totals within {_validation.MASS_TOL:g} of 1 are normalised).")
     weights.append(w.astype(dtype))
   eps = jnp.asarray(_validation.check_epsilon_batch(epsilon, batch), dtype)
   return x.astype(dtype), y.astype(dtype), weights[0], weights[1], jnp.broadcast_to(eps, (batch,))
@@ -114,10 +115,7 @@ def sinkhorn_batch(x, y, a=None, b=None, *, epsilon, mesh=None, axis_name: str |
     >>> out.reg_ot_cost.shape
     (100,)
   """
-  try:
-    solver = Sinkhorn(**kwargs)
-  except TypeError as e:
-    raise TypeError(f"sinkhorn_batch: unknown option ({e}).") from None
+  solver = make_solver("sinkhorn_batch", kwargs)
   if solver.mesh is not None:
     raise ValueError("sinkhorn_batch: pass `mesh` to sinkhorn_batch itself (it splits the "
                      "batch of problems, not the points).")

@@ -46,6 +46,12 @@ class SinkhornOutput(NamedTuple):
     reg_ot_cost: entropic OT cost (dual objective value).
     n_iters: number of Sinkhorn iterations run.
     converged: whether ``marginal_error < tol`` was reached.
+    diverged: whether the solve stopped on invalid input that only the device
+      could see (negative, non-finite or massless weights, e.g. under ``jit``) or
+      on a non-finite marginal error (NaN/inf points, potentials or epsilon, or an
+      overflow). It stops at the first such iteration (no silent run to
+      ``max_iters``); ``f``, ``g`` and ``reg_ot_cost`` are then NaN and
+      ``converged`` is False. Batched solves carry one flag per problem.
     marginal_error: L1 marginal error of the returned plan (for unbalanced
       problems: the L1 residual of the fixed-point equations).
     errors: per-iteration marginal errors (``(max_iters,)``, ``-1`` after the
@@ -60,6 +66,7 @@ class SinkhornOutput(NamedTuple):
   reg_ot_cost: jax.Array
   n_iters: jax.Array
   converged: jax.Array
+  diverged: jax.Array
   marginal_error: jax.Array
   errors: jax.Array | None
   geom: PointCloud
@@ -110,7 +117,13 @@ class SinkhornOutput(NamedTuple):
     return jnp.sum(self.marginals[0])
 
   def barycentric_map(self) -> jax.Array:
-    """Barycentric projection ``T(x_i) = sum_j P_ij y_j / sum_j P_ij``, shape ``(n, d)``."""
+    """Barycentric projection ``T(x_i) = sum_j P_ij y_j / sum_j P_ij``, shape ``(n, d)``.
+
+    Rows without mass (zero weight ``a_i``, e.g. padding) have no conditional
+    distribution: they map to ``x_i`` itself rather than to ``0 / 0``.
+    """
     num = self.apply(self.geom.y, axis=1)
     den = self.apply(jnp.ones(self.g.shape[0], self.f.dtype), axis=1)
-    return num / den[:, None]
+    x = self.geom.x[:self.f.shape[0]]
+    empty = (den <= 0)[:, None]
+    return jnp.where(empty, x, num / jnp.where(empty, 1.0, den[:, None]))

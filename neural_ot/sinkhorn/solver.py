@@ -17,6 +17,10 @@ domain, epsilon scaling); Sejourne et al. 2019 (unbalanced); Blondel et al.
 from __future__ import annotations
 
 import dataclasses
+import sys
+import types
+import warnings
+import weakref
 from typing import Any, NamedTuple
 
 import jax
@@ -42,8 +46,10 @@ _S_MAX = 1e30
 
 
 class SinkhornState(NamedTuple):
-  """Loop state: iteration counter, potentials, last measured error, trace, and the
-  adaptive over-relaxation's ``omega``, reference error and warm-up length."""
+  """Loop state: iteration counter, potentials, last measured error, trace, the
+  adaptive over-relaxation's ``omega``, reference error and warm-up length, and
+  ``diverged``: invalid weights at :meth:`Sinkhorn.init`, or a non-finite error
+  measured by :meth:`Sinkhorn.step` (the loop stops there)."""
 
   it: jax.Array
   f: jax.Array
@@ -55,6 +61,50 @@ class SinkhornState(NamedTuple):
   err_ref: jax.Array
   col_err: jax.Array
   warmup: jax.Array
+  diverged: jax.Array
+
+
+def _input_invalid(geom, a, b, eps):
+  """On-device check of what the host cannot see under ``jit`` (a bool scalar): negative,
+  non-finite or massless weights, non-finite points (a point at infinity takes no mass and
+  the error would stall, not blow up), a non-positive or non-finite epsilon."""
+  def bad(w):
+    return ~jnp.all(jnp.isfinite(w)) | jnp.any(w < 0) | ~(jnp.sum(w) > 0)
+  points = ~jnp.all(jnp.isfinite(geom.x)) | ~jnp.all(jnp.isfinite(geom.y))
+  return bad(a) | bad(b) | points | ~(jnp.isfinite(eps) & (eps > 0))
+
+
+def _caller_level() -> int:
+  """``stacklevel`` of the first frame outside this package (and dataclass ``__init__``)."""
+  frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
+  while frame is not None and (frame.f_globals.get("__name__", "").startswith("neural_ot")
+                               or frame.f_code.co_filename == "<string>"):
+    frame, level = frame.f_back, level + 1
+  return level
+
+
+_SEEN_COSTS: dict = {}  # code object -> weak reference to the last function with it
+
+
+def _as_cost(cost):
+  """:func:`as_cost`, warning when a plain function arrives whose code was seen before in
+  another function object (an inline ``lambda`` per call): the solver is a static ``jit``
+  argument compared by identity, so every such call compiles again. Caching by code is not
+  safe (a lambda may read a global or a mutable object that changed in between), so this
+  only says so."""
+  if isinstance(cost, types.FunctionType):
+    code = cost.__code__
+    last = _SEEN_COSTS.get(code)
+    if last is not None and last() is not cost:
+      warnings.warn(
+          f"Sinkhorn: `cost` is a new function object {cost.__qualname__!r} with the same code "
+          "as an earlier one, so the solve compiles again (a callable cost is compared by "
+          "identity). Define the cost once and pass the same function to avoid recompiling.",
+          stacklevel=_caller_level())
+    if len(_SEEN_COSTS) > 1024:
+      _SEEN_COSTS.clear()
+    _SEEN_COSTS[code] = weakref.ref(cost)
+  return costs_lib.as_cost(cost)
 
 
 def _safe_log(w):
@@ -129,9 +179,14 @@ class Sinkhorn:
     implicit_diff: differentiate by implicit differentiation (custom root +
       conjugate gradient, memory independent of iterations) if True, else by
       unrolling all ``max_iters`` iterations.
-    cost: a :class:`~neural_ot.geometry.costs.Cost`, name or callable.
+    cost: a :class:`~neural_ot.geometry.costs.Cost`, name or callable. The
+      solver is a static argument of ``jit`` and a callable compares by
+      identity: pass one function object (an inline ``lambda`` per call
+      recompiles every call, with a warning).
     online: ``True`` recomputes cost tiles on the fly (memory ``O((n + m) d)``),
       ``False`` materialises ``C``, ``None`` picks online above 16.7M entries.
+      Sharded solves (``mesh``, or inputs sharded along axis 0) are always
+      online: ``online=False`` there raises ``ValueError``.
     tile_size: rows per tile in online mode.
     record_errors: keep the per-iteration marginal errors in the output.
     cg_tol, cg_maxiter, ridge: conjugate gradient settings for implicit diff.
@@ -165,7 +220,7 @@ class Sinkhorn:
 
   def __post_init__(self):
     _validation.check_config(self)
-    object.__setattr__(self, "cost", costs_lib.as_cost(self.cost))
+    object.__setattr__(self, "cost", _as_cost(self.cost))
     if self.mesh is not None:
       object.__setattr__(self, "axis_name", check_mesh_axis(self.mesh, self.axis_name))
       if self.online is False:
@@ -182,7 +237,8 @@ class Sinkhorn:
     """Epsilon at iteration ``it`` of the scaling schedule."""
     if self.epsilon_init_factor == 1.0:
       return eps
-    factor = self.epsilon_init_factor * self.epsilon_decay ** it.astype(eps.dtype)
+    eps = jnp.asarray(eps)
+    factor = self.epsilon_init_factor * self.epsilon_decay ** jnp.asarray(it).astype(eps.dtype)
     return eps * jnp.maximum(1.0, factor)
 
   def _g_stable(self, geom, a, f, eps):
@@ -194,9 +250,16 @@ class Sinkhorn:
     return -_tau(self.rho_a, eps) * eps * lse
 
   def init(self, geom: PointCloud, a, b, eps, f0=None, g0=None) -> SinkhornState:
-    """Initial state: ``g`` is the exact c-transform of ``f0`` (zeros by default)."""
+    """Initial state: ``g`` is the exact c-transform of ``f0`` (zeros by default).
+
+    ``eps`` is the absolute target epsilon (a float or a scalar array). Weights are
+    used as given (:meth:`solve` normalises balanced ones); negative, non-finite or
+    massless weights, non-finite points or a non-positive epsilon start the state as
+    ``diverged`` (no step changes it then).
+    """
     n, m = geom.shape
     dtype = geom.x.dtype
+    eps = jnp.asarray(eps, dtype)
     eps0 = self.epsilon_at(jnp.zeros((), jnp.int32), eps)
     warm = f0 is not None or g0 is not None
     if f0 is None:
@@ -207,22 +270,26 @@ class Sinkhorn:
                          jnp.array(jnp.inf, dtype), jnp.array(False), errors,
                          jnp.array(1.0 if self.momentum == "auto" else self.momentum, dtype),
                          jnp.array(jnp.inf, dtype), jnp.array(0.0, dtype),
-                         jnp.array(_WARMUP_WARM if warm else _WARMUP, jnp.int32))
+                         jnp.array(_WARMUP_WARM if warm else _WARMUP, jnp.int32),
+                         _input_invalid(geom, a, b, eps))
 
   def step(self, geom: PointCloud, a, b, eps, state: SinkhornState) -> SinkhornState:
     """One iteration: measure the error of the current plan, then update ``f`` and ``g``.
 
     If the measured error is already below ``tol`` (at the target epsilon),
     the potentials are left unchanged, so the returned plan is the measured one.
+    A non-finite error (NaN or inf inputs, or an overflow) sets ``diverged`` and
+    likewise leaves the state unchanged: the driver stops at the first one.
     """
-    it, f, g, _, _, errors, omega, err_ref, col_err, warmup = state
+    it, f, g, _, _, errors, omega, err_ref, col_err, warmup, diverged = state
+    eps = jnp.asarray(eps, f.dtype)
     eps_t = self.epsilon_at(it, eps)
     # Row sums s_i = sum_j b_j exp((f_i + g_j - C_ij)/eps): the plan's row marginal / a.
     s = geom.kernel_sum(f, g + eps_t * _safe_log(b), eps_t, axis=1)
     target = 1.0 if self.rho_a is None else jnp.exp(-f / self.rho_a)
     # Full L1 error of the current plan: rows now, columns from the last step.
     err = jnp.sum(jnp.where(a > 0, a * jnp.abs(s - target), 0.0)) + col_err
-    err = jnp.where(jnp.isnan(err), jnp.inf, err)
+    diverged = diverged | ~jnp.isfinite(err)
     if self.momentum == "auto":
       omega, err_ref = self._adapt_omega(it, err, omega, err_ref, eps_t, eps, warmup)
     f_hat = _tau(self.rho_a, eps_t) * (f - eps_t * jnp.log(jnp.clip(s, _S_MIN, _S_MAX)))
@@ -235,14 +302,15 @@ class Sinkhorn:
     col_ratio = t * jnp.exp((g_new - g) / eps_t)
     col_target = 1.0 if self.rho_b is None else jnp.exp(-g_new / self.rho_b)
     col_err_new = jnp.sum(jnp.where(b > 0, b * jnp.abs(col_ratio - col_target), 0.0))
-    done = self.is_converged(err, eps_t, eps)
-    f = jnp.where(done, f, f_new)
-    g = jnp.where(done, g, g_new)
+    done = self.is_converged(err, eps_t, eps) & ~diverged
+    stop = done | diverged
+    f = jnp.where(stop, f, f_new)
+    g = jnp.where(stop, g, g_new)
     if self.record_errors:
       errors = errors.at[it].set(err)
-    col_err = jnp.where(done, col_err, col_err_new)
-    return SinkhornState(it + jnp.where(done, 0, 1), f, g, err, done, errors, omega, err_ref,
-                         col_err, warmup)
+    col_err = jnp.where(stop, col_err, col_err_new)
+    return SinkhornState(it + jnp.where(stop, 0, 1), f, g, err, done, errors, omega, err_ref,
+                         col_err, warmup, diverged)
 
   def _adapt_omega(self, it, err, omega, err_ref, eps_t, eps, warmup=_WARMUP):
     """Adaptive over-relaxation (Thibault et al. 2017; Lehmann et al. 2021).
@@ -280,7 +348,7 @@ class Sinkhorn:
 
   def _loop(self, geom, a, b, eps, state):
     def cond(st):
-      return (st.it < self.max_iters) & ~st.done
+      return (st.it < self.max_iters) & ~st.done & ~st.diverged
 
     def body(st):
       return self.step(geom, a, b, eps, st)
@@ -321,7 +389,8 @@ class Sinkhorn:
       st = self._loop(sg(geom), sg(a), sg(b), sg(eps), state0._replace(f=guess[0], g=guess[1]))
       # custom_root wants floating aux outputs.
       return (st.f, st.g), st._replace(it=st.it.astype(st.f.dtype), done=st.done.astype(st.f.dtype),
-                                       warmup=st.warmup.astype(st.f.dtype))
+                                       warmup=st.warmup.astype(st.f.dtype),
+                                       diverged=st.diverged.astype(st.f.dtype))
 
     # Jacobi preconditioner and ridge (the balanced system is singular along
     # (1, -1)); both are constants for differentiation.
@@ -347,24 +416,36 @@ class Sinkhorn:
                                  has_aux=True)
     st = jax.tree.map(sg, st)
     return fg, st._replace(it=st.it.astype(jnp.int32), done=st.done > 0.5,
-                           warmup=st.warmup.astype(jnp.int32))
+                           warmup=st.warmup.astype(jnp.int32), diverged=st.diverged > 0.5)
 
   def solve(self, geom: PointCloud, a, b, epsilon, init=None) -> SinkhornOutput:
-    """Solve on a prepared geometry (traceable; no input validation)."""
+    """Solve on a prepared geometry (traceable; no host-side input validation).
+
+    What can be checked on device is: balanced weights are normalised to sum to one
+    (a mass gap would be a floor on the marginal error), and negative, non-finite or
+    massless weights, NaN/inf points, a non-positive epsilon, or a non-finite error
+    during the loop (NaN/inf warm start, overflow) end the solve at once with
+    ``diverged=True`` and NaN ``f``, ``g`` and ``reg_ot_cost``. Under ``jit`` nothing
+    can raise: check ``diverged``. Not checkable there: whether a cost callable is
+    sensible, or a mass gap of an unbalanced problem (it is part of the problem).
+    """
     dtype = geom.x.dtype
     a = a.astype(dtype)
     b = b.astype(dtype)
+    if self.balanced:
+      a, b = _normalise(a), _normalise(b)
     eps = jnp.asarray(epsilon, dtype)
     if self.relative_epsilon:
       eps = eps * jax.lax.stop_gradient(geom.mean_cost(a, b))
     f0, g0 = (None, None) if init is None else init
     (f, g), st = self._solve_potentials(geom, a, b, eps, f0, g0)
     cost = dual_objective(geom, a, b, f, g, eps, self.rho_a, self.rho_b)
-    converged = st.done
+    nan = jnp.array(jnp.nan, dtype)
+    f, g, cost = (jnp.where(st.diverged, nan, v) for v in (f, g, cost))
     return SinkhornOutput(
-        f=f, g=g, reg_ot_cost=cost, n_iters=st.it, converged=converged,
-        marginal_error=st.err, errors=st.errors if self.record_errors else None,
-        geom=geom, a=a, b=b, epsilon=eps)
+        f=f, g=g, reg_ot_cost=cost, n_iters=st.it, converged=st.done & ~st.diverged,
+        diverged=st.diverged, marginal_error=st.err,
+        errors=st.errors if self.record_errors else None, geom=geom, a=a, b=b, epsilon=eps)
 
   def __call__(self, x, y, a=None, b=None, *, epsilon, init=None) -> SinkhornOutput:
     """Solve between ``x: (n, d)`` with weights ``a`` and ``y: (m, d)`` with ``b``.
@@ -372,7 +453,12 @@ class Sinkhorn:
     Args:
       x, y: point clouds ``(n, d)`` and ``(m, d)``.
       a, b: non-negative weights ``(n,)``, ``(m,)``; uniform when ``None``.
-        Balanced problems need both to sum to one.
+        Balanced problems need both to sum to one: totals within ``1e-4`` of one
+        are normalised (a mass gap is a floor on the marginal error, so ``tol``
+        below it could never be reached), larger gaps raise ``ValueError``.
+        Under ``jit`` (traced weights) the host cannot look: weights are
+        normalised on device, and negative, non-finite or massless ones give
+        ``diverged=True`` with NaN potentials and cost.
       epsilon: entropic regularisation (> 0), absolute unless
         ``relative_epsilon`` is set.
       init: optional warm start ``(f, g)`` in this library's convention
@@ -391,8 +477,11 @@ class Sinkhorn:
     found = sharding_lib.mesh_of(x)
     if found is None:
       return self
-    return dataclasses.replace(self, mesh=found[0], axis_name=found[1],
-                               online=None if self.online is False else self.online)
+    if self.online is False:
+      raise ValueError("Sinkhorn: `x` is sharded along axis 0 (a NamedSharding), which selects "
+                       "the sharded solver, and that is always online; got online=False. "
+                       "Pass online=None, or gather `x` and `y` onto one device first.")
+    return dataclasses.replace(self, mesh=found[0], axis_name=found[1])
 
   def geometry(self, x, y, a, b):
     """``(geom, a, b, n_pad_x, n_pad_y)``: the (sharded and padded, if ``mesh``) problem."""
@@ -407,6 +496,13 @@ class Sinkhorn:
     x, y, a, b = map(place, (x, y, a, b))
     geom = PointCloud.create(x, y, self.cost, True, self.tile_size, self.mesh, self.axis_name)
     return geom, a, b, x.shape[0] - n, y.shape[0] - m
+
+
+def _normalise(w):
+  """``w / sum(w)``; a non-positive total gives NaN (flagged as diverged by ``init``),
+  never a sign flip that would turn negative weights into valid ones."""
+  total = jnp.sum(w)
+  return w / jnp.where(total > 0, total, jnp.nan)
 
 
 def _pad(v, k):
@@ -434,7 +530,17 @@ def sinkhorn(x, y, a=None, b=None, *, epsilon, tol: float = 1e-3, max_iters: int
   ``min_P <P, C> + epsilon KL(P | a b^T)`` subject to ``P 1 = a, P^T 1 = b``
   (or KL-relaxed marginals with ``rho_a`` / ``rho_b``). The default cost is
   ``C_ij = |x_i - y_j|^2``. Compiles once per input shape and configuration;
-  composes with ``jit``, ``vmap`` and ``grad``.
+  composes with ``jit``, ``vmap`` and ``grad``. Caveat: a callable ``cost``
+  is part of the configuration and compared by identity, so an inline
+  ``cost=lambda u, v: ...`` is a new function on every call and *recompiles
+  every time* (a warning says so from the second one). Define the cost once
+  (``def`` or a variable) and pass that same object.
+
+  Invalid input is refused with a ``ValueError``/``TypeError`` naming the
+  argument. Under ``jit`` the host cannot inspect traced values; then negative,
+  non-finite or massless weights, and NaN/inf points or a NaN/inf error during
+  the iterations, stop the solve at once with ``diverged=True`` (NaN ``f``,
+  ``g`` and ``reg_ot_cost``) instead of running to ``max_iters``.
 
   Args:
     x: ``(n, d)`` source points.
@@ -462,8 +568,16 @@ def sinkhorn(x, y, a=None, b=None, *, epsilon, tol: float = 1e-3, max_iters: int
     >>> bool(out.converged), round(float(out.primal_cost), 1)
     (True, 2.0)
   """
-  try:
-    solver = Sinkhorn(tol=tol, max_iters=max_iters, **kwargs)
-  except TypeError as e:
-    raise TypeError(f"sinkhorn: unknown option ({e}).") from None
+  solver = make_solver("sinkhorn", dict(kwargs, tol=tol, max_iters=max_iters))
   return solver(x, y, a, b, epsilon=epsilon, init=init)
+
+
+def make_solver(caller: str, options: dict) -> Sinkhorn:
+  """``Sinkhorn(**options)``; an unknown option name raises a ``TypeError`` that lists the
+  valid ones (errors about an option's *value* pass through as raised)."""
+  known = [f.name for f in dataclasses.fields(Sinkhorn)]
+  unknown = sorted(set(options) - set(known))
+  if unknown:
+    raise TypeError(f"{caller}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                    f"valid options are {', '.join(known)}.")
+  return Sinkhorn(**options)

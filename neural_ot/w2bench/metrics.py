@@ -17,10 +17,18 @@ def l2_uvp(pred, true, var: float) -> float:
 
 
 def cos_similarity(x, true, pred, two_cost: float) -> float:
-  """``mean <true - x, pred - x> / sqrt(two_cost * mean |pred - x|^2)``."""
+  """``mean <true - x, pred - x> / sqrt(two_cost * mean |pred - x|^2)``.
+
+  A map that does not move any point (the identity baseline, ``pred == x``) has no
+  direction to compare: its cosine is defined as ``0.0`` (no alignment with the true
+  displacement, like an uninformative map), not ``0 / 0``.
+  """
   x, true, pred = jnp.asarray(x), jnp.asarray(true), jnp.asarray(pred)
   num = jnp.mean(jnp.sum((true - x) * (pred - x), -1))
-  return float(num / jnp.sqrt(two_cost * jnp.mean(jnp.sum((pred - x) ** 2, -1))))
+  den2 = two_cost * jnp.mean(jnp.sum((pred - x) ** 2, -1))
+  if float(den2) == 0.0:  # NaN inputs still give NaN
+    return 0.0
+  return float(num / jnp.sqrt(den2))
 
 
 def evaluate(pair, forward: Callable | None = None, inverse: Callable | None = None,
@@ -55,7 +63,7 @@ def baselines(pair) -> dict:
     wi, bi = np.asarray(e["linear_map_inv_weight"]), np.asarray(e["linear_map_inv_bias"])
     out["linear"] = (lambda x: x @ wf.T + bf, lambda y: y @ wi.T + bi)
   else:
-    from neural_ot.w2 import gaussian  # pylint: disable=import-outside-toplevel
+    from neural_ot import gaussian  # pylint: disable=import-outside-toplevel
     ms = gaussian.moments(pair.sample_source(key, 2 ** 14))
     mt = gaussian.moments(pair.sample_target(key, 2 ** 14))
     af, bf = gaussian.gaussian_map(*ms, *mt)
