@@ -192,3 +192,88 @@ def test_bad_input_raises_clear_errors(kwargs, match):
   args.update(kwargs)
   with pytest.raises((ValueError, TypeError), match=match):
     neural_ot.fit_w2(args.pop("source"), args.pop("target"), **args)
+
+
+def test_sorted_rows_give_the_same_map_and_estimate_as_shuffled_rows():
+  """Moments, the split and the W2 estimate come from random rows, not the first ones."""
+  (m1, s1, m2, s2), src, tgt = _gaussian_pair(2, seed=5)
+  x = np.asarray(src(jax.random.PRNGKey(0), 4000))
+  y = np.asarray(tgt(jax.random.PRNGKey(1), 4000))
+  kw = dict(steps=300, batch_size=128, **SMALL)
+  shuffled = neural_ot.fit_w2(x, y, **kw)
+  ordered = neural_ot.fit_w2(x[np.argsort(x[:, 0])], y[np.argsort(y[:, 0])], **kw)
+  w2 = float(gaussian_w2(m1, s1, m2, s2))
+  a, b = gaussian_map(m1, s1, m2, s2)
+  probe = np.asarray(src(jax.random.PRNGKey(2), 2000))
+  err = lambda mp: float(np.mean(np.sum((mp.transport(probe) - (probe @ np.asarray(a).T + b)) ** 2,
+                                        -1)))
+  assert abs(ordered.w2 - w2) < 0.1 * w2 and abs(shuffled.w2 - w2) < 0.1 * w2
+  assert err(ordered) < 2 * err(shuffled) + 1e-3
+
+
+def test_gaussian_init_honours_strong_convexity():
+  """grad f starts at the Gaussian map whatever the strong convexity (which is part of f)."""
+  (m1, s1, m2, s2), src, tgt = _gaussian_pair(3, seed=6)
+  x = np.asarray(src(jax.random.PRNGKey(0), 4000))
+  y = np.asarray(tgt(jax.random.PRNGKey(1), 4000))
+  for c in (0.0, 0.1):
+    mp = neural_ot.fit_w2(x, y, steps=1, learning_rate=1e-12, strong_convexity=c,
+                          standardize=False, **SMALL)
+    a, b = gaussian_map(*neural_ot.gaussian.moments(mp_rows(x)), *neural_ot.gaussian.moments(
+        mp_rows(y)))
+    pred = mp.transport(x[:200])
+    ref = x[:200] @ np.asarray(a).T + np.asarray(b)
+    # the network part starts near zero: within a few percent of the map's scale
+    assert float(np.sqrt(np.mean(np.sum((pred - ref) ** 2, -1)))) < 0.05 * float(
+        np.sqrt(np.mean(np.sum(ref ** 2, -1))))
+
+
+def mp_rows(arr):
+  """The rows fit_w2 takes its moments from (its training split, same seed)."""
+  rng = np.random.default_rng(0)
+  perm = rng.permutation(arr.shape[0])
+  return arr[perm[min(4096, arr.shape[0] // 5):]]
+
+
+def test_max_seconds_stops_on_time_with_a_fitted_schedule():
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2000, 2)))
+  seen = []
+  mp = neural_ot.fit_w2(x, 2 * x + 1, max_seconds=15.0, batch_size=64, log_every=20,
+                        callback=lambda s, m: seen.append(s), **SMALL)
+  # The loop's own clock (compile excluded) ends within the budget, up to one log window.
+  assert mp.history[-1]["seconds"] < 15.0 * 1.25
+  done = mp.history[-1]["step"]
+  assert done >= 40 and seen[-1] == done
+  # the horizon (schedule length) ended at the steps done: the learning rate decayed fully
+  assert mp.trainer.learning_rate * 0.05 == pytest.approx(float(train.cosine_schedule(
+      done, done, mp.trainer.learning_rate, mp.trainer.warmup_steps)), rel=1e-5)
+  with pytest.raises(ValueError, match="`max_seconds` must be a number > 0"):
+    neural_ot.fit_w2(x, x, max_seconds=-1, **SMALL)
+
+
+def test_standardisation_makes_units_irrelevant():
+  """Data in other units (scale 100, offset) gives the same relative map error and a W2
+  estimate scaled by 100^2: the map is learned at unit scale and composed back."""
+  (m1, s1, m2, s2), src, tgt = _gaussian_pair(2, seed=7)
+  x = np.asarray(src(jax.random.PRNGKey(0), 3000))
+  y = np.asarray(tgt(jax.random.PRNGKey(1), 3000))
+  kw = dict(steps=300, batch_size=128, seed=1, **SMALL)
+  unit = neural_ot.fit_w2(x, y, **kw)
+  big = neural_ot.fit_w2(100 * x + 7, 100 * y - 3, **kw)
+  probe = x[:500]
+  np.testing.assert_allclose(big.transport(100 * probe + 7), 100 * unit.transport(probe) - 3,
+                             rtol=1e-3, atol=1e-2 * 100)
+  np.testing.assert_allclose(big.inverse(100 * y[:200] - 3), 100 * unit.inverse(y[:200]) + 7,
+                             atol=0.05 * 100)
+  # W2 with the offsets: |shift|^2 terms enter exactly; compare against the closed form
+  w2_big = float(gaussian_w2(100 * m1 + 7, 1e4 * s1, 100 * m2 - 3, 1e4 * s2))
+  assert abs(big.w2 - w2_big) < 0.05 * w2_big
+
+
+def test_a_checkpoint_of_other_data_is_refused(tmp_path):
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (400, 2)))
+  kw = dict(steps=10, batch_size=32, checkpoint_dir=str(tmp_path), **SMALL)
+  neural_ot.fit_w2(x, x + 1, **kw)
+  with pytest.raises(ValueError, match="other settings or other data.*resume=False"):
+    neural_ot.fit_w2(100 * x, x + 1, **kw)
+  neural_ot.fit_w2(100 * x, x + 1, resume=False, **kw)  # starting over works
