@@ -162,37 +162,95 @@ def _write_json(path: str, obj) -> None:
     json.dump(_json_safe(obj), fh, indent=2, allow_nan=False)
 
 
-def _report(summary: dict, files: list) -> None:
-  """Print the summary, then every file written as ``path (what it is)``."""
+def _fmt(v) -> str:
+  return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _report(summary: dict, files: list, meanings: dict | None = None) -> None:
+  """Print the summary as ``name: value  - what it is and what good looks like``, then every
+  file written as ``path (what it is)``."""
+  meanings = meanings or {}
+  width = max((len(k) for k in summary), default=5)
   for k, v in summary.items():
-    print(f"{k:>30}: {v}")
+    line = f"{k:>{width}}: {_fmt(v)}"
+    print(f"{line:<{width + 12}}  - {meanings[k]}" if k in meanings else line)
   for i, (path, what) in enumerate(files):
-    print(f"{'wrote' if i == 0 else '':>30}: {path}  ({what})")
+    print(f"{'wrote' if i == 0 else '':>{width}}: {path}  ({what})")
+
+
+# One sentence per number of `neural-ot sinkhorn`'s summary.
+_SINKHORN_MEANINGS = {
+    "epsilon": "the entropic regularisation used, in cost units",
+    "n_iters": "Sinkhorn iterations run; good: well below max_iters",
+    "converged": "whether the marginal error fell below --tol",
+    "marginal_error": "L1 gap between the plan's marginals and the weights; good: <= --tol",
+    "reg_ot_cost": "entropic cost <P,C> + eps KL(P | a b^T); above W2^2 by the entropy term",
+    "primal_cost": "<P,C>, the cost of the blurred plan; >= W2^2, reaches it as eps -> 0",
+    "sinkhorn_divergence_W2sq_estimate": "debiased Sinkhorn divergence: the best W2^2 "
+                                         "estimate at this epsilon",
+    "seconds_incl_compile": "wall-clock seconds of the solve, compilation included",
+    "diverged": "whether the solve met a NaN/inf and stopped; good: False",
+}
 
 
 def _summarise(mp, x, y, seconds, steps):
-  """Quality figures of a learned 2-D+ map on held-out samples."""
+  """Quality figures of a learned map on held-out samples.
+
+  Returns ``(T(x), T^-1(y), summary, meanings)``; ``meanings`` holds one sentence per number
+  saying what it is and what good looks like.
+  """
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   import neural_ot  # pylint: disable=import-outside-toplevel
 
   tx = mp.transport(x)
   iy = mp.inverse(y)
-  kw = dict(epsilon=0.002, relative_epsilon=True, tol=1e-3, max_iters=5000)
-  return tx, iy, {
-      "w2_dual_estimate": mp.w2,
-      "w2_primal_E|x-T(x)|^2": float(jnp.mean(jnp.sum((tx - x) ** 2, -1))),
-      "S_eps(x, y) before": float(neural_ot.sinkhorn_divergence(x, y, **kw)),
-      "S_eps(T(x), y) after": float(neural_ot.sinkhorn_divergence(tx, y, **kw)),
-      "S_eps(T^-1(y), x) inverse": float(neural_ot.sinkhorn_divergence(iy, x, **kw)),
-      "train_seconds_incl_compile": seconds, "steps": steps,
+  # One absolute epsilon for every divergence, so that they compare with each other:
+  # 0.002 x the mean cost |x - y|^2 between the held-out source and target.
+  mean_cost = (jnp.mean(jnp.sum(x ** 2, -1)) + jnp.mean(jnp.sum(y ** 2, -1))
+               - 2 * jnp.sum(jnp.mean(x, 0) * jnp.mean(y, 0)))
+  eps = 0.002 * float(mean_cost)
+  kw = dict(epsilon=eps, tol=1e-3, max_iters=5000)
+  h = len(y) // 2
+  summary = {
+      "w2_squared_dual": mp.w2,
+      "w2_squared_moved": float(jnp.mean(jnp.sum((tx - x) ** 2, -1))),
+      "divergence_before": float(neural_ot.sinkhorn_divergence(x, y, **kw)),
+      "divergence_after": float(neural_ot.sinkhorn_divergence(tx, y, **kw)),
+      "divergence_inverse": float(neural_ot.sinkhorn_divergence(iy, x, **kw)),
+      "divergence_noise_floor": float(neural_ot.sinkhorn_divergence(y[:h], y[h:2 * h], **kw)),
+      "epsilon": eps,
+      "train_seconds": seconds,
+      "steps": steps,
   }
+  meanings = {
+      "w2_squared_dual": "W2^2 (cost |x - y|^2) from the learned potentials on held-out "
+                         "samples; good: close to w2_squared_moved",
+      "w2_squared_moved": "mean |x - T(x)|^2 on held-out x, what the map pays; the optimal "
+                          "map pays exactly W2^2",
+      "divergence_before": "Sinkhorn divergence between source and target samples: how far "
+                           "apart they start",
+      "divergence_after": "divergence between T(source) and target; good: far below "
+                          "divergence_before, near divergence_noise_floor",
+      "divergence_inverse": "divergence between T^-1(target) and source; good: as for after",
+      "divergence_noise_floor": "divergence between two halves of the target sample, from "
+                                "sampling noise alone; a perfect map scores about this",
+      "epsilon": "entropic regularisation of the divergences above (0.002 x the mean cost "
+                 "between source and target)",
+      "train_seconds": "wall-clock training time, compilation included",
+      "steps": "optimizer steps taken",
+  }
+  return tx, iy, summary, meanings
 
 
 def _train_options(args) -> dict:
-  return dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-              learning_rate=args.lr, potential=args.potential, amortization=args.amortization,
-              finetune_iters=args.finetune_iters, progress=not args.quiet)
+  opts = dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+              potential=args.potential, amortization=args.amortization, progress=not args.quiet)
+  # Unset options are left to fit_w2, which picks them from the data.
+  for key, val in (("learning_rate", args.lr), ("finetune_iters", args.finetune_iters)):
+    if val is not None:
+      opts[key] = val
+  return opts
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -212,7 +270,7 @@ def _demo(args) -> int:
   seconds = time.perf_counter() - t0
   k1, k2 = jax.random.split(jax.random.PRNGKey(args.seed + 1000))
   x, y = src(k1, args.n), tgt(k2, args.n)  # held out: not the training stream
-  tx, iy, summary = _summarise(mp, x, y, seconds, args.steps)
+  tx, iy, summary, meanings = _summarise(mp, x, y, seconds, args.steps)
   summary = {"source": args.source, "target": args.target, **summary}
   png = os.path.join(args.out, "neural_map_demo.png")
   _plotting.plot_map(np.asarray(x), np.asarray(y), np.asarray(tx), np.asarray(iy),
@@ -222,7 +280,7 @@ def _demo(args) -> int:
   js = os.path.join(args.out, "neural_map_demo.json")
   _write_json(js, summary)
   _report(summary, [(png, "picture"), (map_path, "the learned map; neural_ot.load_map"),
-                    (js, "this summary")])
+                    (js, "this summary")], meanings)
   return 0
 
 
@@ -261,7 +319,7 @@ def _fit(args) -> int:
   seconds = time.perf_counter() - t0
   n = min(len(x), len(y), 2000)
   steps = int(mp.history[-1]["step"]) if getattr(mp, "history", None) else args.steps
-  tx, iy, summary = _summarise(mp, x[:n], y[:n], seconds, steps)
+  tx, iy, summary, meanings = _summarise(mp, x[:n], y[:n], seconds, steps)
   map_path = os.path.join(args.out, "map.msgpack")
   mp.save(map_path)
   moved = os.path.join(args.out, "transported.npy")
@@ -275,7 +333,7 @@ def _fit(args) -> int:
   js = os.path.join(args.out, "summary.json")
   _write_json(js, summary)
   files += [(js, "this summary"), (ckpt, "checkpoint; rerun to continue, --restart to start over")]
-  _report(summary, files)
+  _report(summary, files, meanings)
   return 0
 
 
@@ -338,7 +396,7 @@ def _sinkhorn(args) -> int:
   js = os.path.join(args.out, "sinkhorn_demo.json")
   _write_json(js, summary)
   files.append((js, "this summary"))
-  _report(summary, files)
+  _report(summary, files, _SINKHORN_MEANINGS)
   if not out.converged:
     print(f"neural-ot sinkhorn: not converged after {int(out.n_iters)} iterations (marginal "
           f"error {float(out.marginal_error):.2g} > --tol {args.tol}); raise --max-iters or "
@@ -403,16 +461,17 @@ def _bench_convert(args) -> int:
 
 def _add_training(p, steps, steps_help="optimizer steps"):
   p.add_argument("--steps", type=_int_at_least(1), default=steps, help=steps_help)
-  p.add_argument("--batch-size", type=_int_at_least(1), default=256,
-                 help="samples per measure per step")
-  p.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate")
+  p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                 help="samples per measure per step (None: fit_w2 picks it from the data)")
+  p.add_argument("--lr", type=_positive_float, default=None,
+                 help="peak learning rate (None: fit_w2's default)")
   p.add_argument("--potential", default="icnn", choices=["icnn", "mlp"],
                  help="network of the potential: input-convex (icnn) or plain MLP")
   p.add_argument("--amortization", default="regression",
                  choices=["regression", "objective", "cycle"],
                  help="how the inverse-map predictor is trained")
-  p.add_argument("--finetune-iters", type=_int_at_least(0), default=10,
-                 help="conjugate-solver iterations after the predictor's guess")
+  p.add_argument("--finetune-iters", type=_int_at_least(0), default=None,
+                 help="conjugate-solver iterations after the predictor's guess (None: default)")
   p.add_argument("--seed", type=int, default=0, help="random seed")
   p.add_argument("--quiet", action="store_true", help="no progress output")
 

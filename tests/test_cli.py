@@ -18,11 +18,18 @@ def test_demo_learns_a_map_and_writes_picture(tmp_path, capsys):
   assert _is_png(tmp_path / "neural_map_demo.png")
   summary = json.loads((tmp_path / "neural_map_demo.json").read_text())
   # The learned map brings the source much closer to the target than it was.
-  assert summary["S_eps(T(x), y) after"] < 0.5 * summary["S_eps(x, y) before"]
-  assert 0.3 < summary["w2_dual_estimate"] < 1.2
+  assert summary["divergence_after"] < 0.5 * summary["divergence_before"]
+  assert summary["divergence_noise_floor"] < summary["divergence_after"] + 0.1
+  assert 0.3 < summary["w2_squared_dual"] < 1.2
   mp = load_map(str(tmp_path / "map.msgpack"))
-  assert mp.dim == 2 and abs(mp.w2 - summary["w2_dual_estimate"]) < 1e-6
-  assert "picture" in capsys.readouterr().out
+  assert mp.dim == 2 and abs(mp.w2 - summary["w2_squared_dual"]) < 1e-6
+  printed = capsys.readouterr().out
+  assert "picture" in printed
+  # Every number is printed with one sentence saying what it is (and what good looks like).
+  for key in ("w2_squared_dual", "divergence_before", "divergence_after", "train_seconds"):
+    line = next(l for l in printed.splitlines() if l.strip().startswith(key + ":"))
+    assert "  - " in line and len(line.split("  - ", 1)[1]) > 20, line
+  assert "good:" in printed
 
 
 def test_fit_reads_npy_and_csv(tmp_path):
