@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from jax.sharding import NamedSharding, PartitionSpec
 
-from neural_ot import _validation
+from neural_ot import _ott, _validation
 from neural_ot import sharding as sharding_lib
 from neural_ot.geometry import costs as costs_lib
 from neural_ot.geometry.pointcloud import PointCloud, check_mesh_axis
@@ -523,8 +523,8 @@ def _solve_entry(solver: Sinkhorn, x, y, a, b, epsilon, init):
 _jitted_solve = jax.jit(_solve_entry, static_argnums=0)
 
 
-def sinkhorn(x, y, a=None, b=None, *, epsilon, tol: float = 1e-3, max_iters: int = 2000,
-             init=None, **kwargs) -> SinkhornOutput:
+def sinkhorn(x, y=None, a=None, b=None, *, epsilon=None, tol: float = 1e-3,
+             max_iters: int = 2000, init=None, **kwargs) -> SinkhornOutput:
   """Entropic optimal transport between two weighted point clouds (log-domain Sinkhorn).
 
   ``min_P <P, C> + epsilon KL(P | a b^T)`` subject to ``P 1 = a, P^T 1 = b``
@@ -543,8 +543,10 @@ def sinkhorn(x, y, a=None, b=None, *, epsilon, tol: float = 1e-3, max_iters: int
   ``g`` and ``reg_ot_cost``) instead of running to ``max_iters``.
 
   Args:
-    x: ``(n, d)`` source points.
-    y: ``(m, d)`` target points.
+    x: ``(n, d)`` source points, or an ott-jax ``PointCloud``: then its points, cost
+      and epsilon (``geom.epsilon``, unless ``epsilon`` is given) are used, and the
+      call reads ``sinkhorn(geom, a, b)``.
+    y: ``(m, d)`` target points (none with a ``PointCloud``).
     a: ``(n,)`` source weights, uniform when ``None``.
     b: ``(m,)`` target weights, uniform when ``None``.
     epsilon: regularisation; absolute, or relative to the mean cost with
@@ -568,6 +570,7 @@ def sinkhorn(x, y, a=None, b=None, *, epsilon, tol: float = 1e-3, max_iters: int
     >>> bool(out.converged), round(float(out.primal_cost), 1)
     (True, 2.0)
   """
+  x, y, a, b, epsilon, kwargs = _ott.sinkhorn_inputs(x, y, a, b, epsilon, kwargs)
   solver = make_solver("sinkhorn", dict(kwargs, tol=tol, max_iters=max_iters))
   return solver(x, y, a, b, epsilon=epsilon, init=init)
 

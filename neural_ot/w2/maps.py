@@ -155,6 +155,46 @@ class W2Map:
                           "frame": {k: np.asarray(v) for k, v in self.frame._asdict().items()},
                           "params": jax.tree.map(np.asarray, self.params)})
 
+  def to_ott(self, finetune_iters: int = 50, tol: float = 1e-5):
+    """The map as ott-jax dual potentials, for ott-jax's transport, plotting and evaluation.
+
+    ott-jax writes the dual of OT with ``c(x, y) = |x - y|^2`` (``costs.SqEuclidean``) as
+    ``f(x) + g(y) <= |x - y|^2`` and transports by ``x - grad f(x) / 2``. With this map's
+    convex potential ``phi`` (``grad phi`` = :meth:`transport`, in the user's units) the
+    optimal pair is ``f(x) = |x|^2 - 2 phi(x)``, ``g(y) = |y|^2 - 2 phi*(y)``, so that
+    ``to_ott().transport(x)`` equals :meth:`transport` and ``transport(y, forward=False)``
+    equals :meth:`inverse`, and ``distance(x, y)`` estimates W2^2. ``phi*(y)`` is evaluated
+    at the fine-tuned argmax of :meth:`inverse` (Danskin: its gradient is that argmax).
+
+    Args:
+      finetune_iters: conjugate-solver steps for ``g`` (as in :meth:`inverse`).
+      tol: the solver's tolerance on ``|grad phi(x) - y|`` (standardised units).
+
+    Returns:
+      ``ott.problems.linear.potentials.DualPotentials`` with ``cost_fn=SqEuclidean()``;
+      ``f`` and ``g`` take one point ``(d,)`` and return a scalar.
+    """
+    from ott.geometry import costs  # pylint: disable=import-outside-toplevel
+    from ott.problems.linear import potentials  # pylint: disable=import-outside-toplevel
+
+    fr = self.frame.astype(self.dtype)
+    phi_std = self.trainer.potential_fn(self.params["f"])
+    trainer, params, iters, tol = self.trainer, self.params, int(finetune_iters), float(tol)
+
+    def phi(x):  # the potential in user units: grad phi(x) = sy grad phi_std(x') + my
+      return fr.sx * fr.sy * phi_std(fr.to_source(x)) + x @ fr.my
+
+    def phi_star(y):  # <x*, y> - phi(x*) at the argmax x*, held fixed (Danskin)
+      x_std, _ = _inverse(trainer, params, fr.to_target(y)[None], iters, tol)
+      x_star = jax.lax.stop_gradient(fr.from_source(x_std[0]))
+      return x_star @ y - phi(x_star)
+
+    return potentials.DualPotentials(
+        f=lambda x: jnp.sum(x ** 2) - 2.0 * phi(x),
+        g=lambda y: jnp.sum(y ** 2) - 2.0 * phi_star(y),
+        cost_fn=costs.SqEuclidean())
+
+
 
 def load_map(path: str) -> W2Map:
   """Load a map written by :meth:`W2Map.save`."""
