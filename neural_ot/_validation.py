@@ -16,12 +16,24 @@ def is_concrete(*xs) -> bool:
 
 
 def as_float_array(x, name: str, ndim: int | None = None):
+  """``x`` as a real floating array (ints and bools are cast to float32); a ``ValueError`` or
+  ``TypeError`` naming ``name`` for None, ragged nesting, non-numeric or complex input, or
+  the wrong number of dimensions."""
   if x is None:
     raise ValueError(f"`{name}` is required, got None.")
   if not isinstance(x, jax.core.Tracer):
-    arr = np.asarray(x) if not isinstance(x, jax.Array) else x
+    if isinstance(x, jax.Array):
+      arr = x
+    else:
+      try:
+        arr = np.asarray(x)
+      except (ValueError, TypeError) as exc:  # ragged nesting, odd objects
+        raise ValueError(f"`{name}` must be a rectangular numeric array ({exc}).") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
       raise TypeError(f"`{name}` must be a numeric array, got dtype {arr.dtype}.")
+    x = arr
+  if jnp.iscomplexobj(x):
+    raise TypeError(f"`{name}` must be real, got complex dtype {x.dtype}.")
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.float32)
@@ -78,9 +90,25 @@ def check_weights(w, n: int, name: str, points_name: str, balanced: bool, dtype)
   return w.astype(dtype)
 
 
+def _real_scalar_type(value, name: str):
+  """A ``TypeError`` naming ``name`` unless ``value`` is a real number or real array."""
+  if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+    raise TypeError(f"`{name}` must be a real number, got {type(value).__name__} {value!r}.")
+  if isinstance(value, jax.core.Tracer):
+    dtype = value.dtype
+  else:
+    try:
+      dtype = np.asarray(value).dtype
+    except (ValueError, TypeError):
+      dtype = np.dtype(object)
+  if dtype == bool or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    raise TypeError(f"`{name}` must be a real number, got {type(value).__name__} {value!r}.")
+
+
 def check_epsilon(epsilon):
   if epsilon is None:
     raise ValueError("`epsilon` is required (a positive float).")
+  _real_scalar_type(epsilon, "epsilon")
   if is_concrete(epsilon):
     e = np.asarray(epsilon)
     if e.shape != () or not np.isfinite(e) or not e > 0:
@@ -92,6 +120,7 @@ def check_epsilon_batch(epsilon, batch: int):
   """A positive scalar or ``(batch,)`` vector of epsilons."""
   if epsilon is None:
     raise ValueError("`epsilon` is required (a positive float or one per problem).")
+  _real_scalar_type(epsilon, "epsilon")
   if is_concrete(epsilon):
     e = np.asarray(epsilon, np.float64)
     if e.shape not in ((), (batch,)):
@@ -130,17 +159,32 @@ def check_problem(x, y, a, b, epsilon, init, balanced: bool):
   return x.astype(dtype), y.astype(dtype), a, b, epsilon, init
 
 
+def _is_real(v) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def check_config(solver):
-  if not (isinstance(solver.tol, (int, float)) and solver.tol > 0):
+  for name in ("tol", "epsilon_init_factor", "epsilon_decay", "cg_tol", "ridge"):
+    v = getattr(solver, name)
+    if not (_is_real(v) and np.isfinite(v)):
+      raise TypeError(f"`{name}` must be a real number, got {type(v).__name__} {v!r}.")
+  for name in ("max_iters", "cg_maxiter"):
+    v = getattr(solver, name)
+    if not (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1):
+      raise ValueError(f"`{name}` must be a positive int, got {v!r}.")
+  for name in ("relative_epsilon", "implicit_diff", "record_errors"):
+    if not isinstance(getattr(solver, name), (bool, np.bool_)):
+      raise TypeError(f"`{name}` must be True or False, got {getattr(solver, name)!r}.")
+  if not (_is_real(solver.tol) and solver.tol > 0):
     raise ValueError(f"`tol` must be a positive float, got {solver.tol!r}.")
   if not (isinstance(solver.max_iters, int) and solver.max_iters >= 1):
     raise ValueError(f"`max_iters` must be a positive int, got {solver.max_iters!r}.")
   for name in ("rho_a", "rho_b"):
     v = getattr(solver, name)
-    if v is not None and not (isinstance(v, (int, float)) and v > 0):
+    if v is not None and not (_is_real(v) and v > 0):
       raise ValueError(f"`{name}` must be None (balanced) or a positive float, got {v!r}.")
-  if solver.momentum != "auto" and not (
-      isinstance(solver.momentum, (int, float)) and 1.0 <= solver.momentum < 2.0):
+  if not (isinstance(solver.momentum, str) and solver.momentum == "auto") and not (
+      _is_real(solver.momentum) and 1.0 <= solver.momentum < 2.0):
     raise ValueError(f"`momentum` must be \"auto\" or a float in [1, 2), got {solver.momentum!r}.")
   if not solver.epsilon_init_factor >= 1.0:
     raise ValueError(f"`epsilon_init_factor` must be >= 1, got {solver.epsilon_init_factor!r}.")

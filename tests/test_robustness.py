@@ -162,18 +162,17 @@ def test_mass_gap_is_normalised_within_the_check_and_refused_beyond():
 
 def test_meta_predict_with_a_zero_bin_is_finite():
   from neural_ot.meta import MetaOT, grid
-  from neural_ot.meta.model import _Net
 
   support = grid(4)
   n = support.shape[0]
-  net = _Net(n, (16,))
+  net = MetaOT(support, 0.05, (16,), None).net
   params = net.init(jax.random.PRNGKey(0), jnp.ones(n) / n, jnp.ones(n) / n)
   # A trained model has non-zero weights everywhere (the last layer starts at zero).
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
   params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape)
                                      for p, k in zip(leaves, keys)])
-  model = MetaOT(support, 0.05, (16,), params)
+  model = MetaOT(support, 0.05, (16,), params, base="zeros")
   a = jnp.ones(n).at[0].set(0.0).at[5].set(0.0)
   a = a / a.sum()
   b = jnp.linspace(1.0, 2.0, n)
@@ -184,9 +183,7 @@ def test_meta_predict_with_a_zero_bin_is_finite():
   a2 = jnp.linspace(2.0, 1.0, n)
   a2 = a2 / a2.sum()
   f2, _ = model.predict(a2, b)
-  from neural_ot.meta.model import _potential
-  np.testing.assert_allclose(f2, _potential(model.net, params, a2, b, support, model.base),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(f2, net.apply(params, a2, b), rtol=1e-5, atol=1e-6)
   # The prediction warm-starts Sinkhorn on the zero-bin problem.
   out = neural_ot.sinkhorn(support, support, a, b, epsilon=0.05, init=(f, None), tol=1e-4)
   assert bool(out.converged)
@@ -215,6 +212,39 @@ def test_cos_similarity_of_the_identity_map_is_zero():
   np.testing.assert_allclose(cos_similarity(x, true, true, two_cost), 1.0, rtol=1e-5)
   np.testing.assert_allclose(cos_similarity(x, true, 2 * x - true, two_cost), -1.0, rtol=1e-5)
   assert np.isnan(cos_similarity(x, true, x.at[0, 0].set(jnp.nan), two_cost))
+
+
+def test_zero_weight_points_whose_kernel_overflows_give_finite_costs_and_gradients():
+  # Found by tests/test_fuzz.py: the potential of a zero-weight point is unconstrained, and
+  # exp((f_i + g_j - C_ij) / eps) overflowed to inf, times the zero weight: NaN, unflagged.
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2)), jnp.float32)
+  a = jnp.array([0.0, 0.0, 0.0, 0.0, 1.0])
+  out = neural_ot.sinkhorn(x, x, a, a, epsilon=0.1)
+  assert bool(out.converged) and float(out.reg_ot_cost) == pytest.approx(0.0, abs=1e-6)
+  div = neural_ot.sinkhorn_divergence(x, x + 1.0, a, a, epsilon=0.1)
+  np.testing.assert_allclose(div, 2.0, rtol=1e-5)  # one point moved by (1, 1)
+  for implicit in (True, False):
+    gx, ga = jax.grad(lambda x, a: neural_ot.sinkhorn(
+        x, x + 1.0, a, a, epsilon=0.1, implicit_diff=implicit).reg_ot_cost, argnums=(0, 1))(x, a)
+    assert bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.all(jnp.isfinite(ga)))
+    np.testing.assert_allclose(gx, 0.0, atol=1e-4)  # a pure translation: no gradient in x
+
+
+def test_type_errors_name_the_argument():
+  x = np.random.default_rng(0).normal(size=(5, 2))
+  for kwargs, exc, match in [
+      (dict(x=x + 1j), TypeError, "`x` must be real"),
+      (dict(x=[[1.0, 2.0], [1.0]]), ValueError, "`x` must be a rectangular"),
+      (dict(epsilon="0.1"), TypeError, "`epsilon` must be a real number"),
+      (dict(epsilon=True), TypeError, "`epsilon` must be a real number"),
+      (dict(epsilon=0.1 + 1j), TypeError, "`epsilon` must be a real number"),
+      (dict(epsilon_init_factor="a"), TypeError, "`epsilon_init_factor`"),
+      (dict(implicit_diff="yes"), TypeError, "`implicit_diff`"),
+  ]:
+    args = dict(x=x, epsilon=0.1)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+      neural_ot.sinkhorn(args.pop("x"), x, **args)
 
 
 # --- 6. silent surprises -------------------------------------------------------------------
@@ -281,18 +311,14 @@ def test_save_atomic_leaves_the_umask_alone(tmp_path, monkeypatch, save_atomic):
 
 def test_plotting_does_not_switch_the_matplotlib_backend(tmp_path, monkeypatch):
   import matplotlib
-  from neural_ot import _plotting
+  from neural_ot import cli
 
   def no_use(*args, **kwargs):
     raise AssertionError("library code called matplotlib.use")
   monkeypatch.setattr(matplotlib, "use", no_use)
-  rng = np.random.default_rng(0)
-  x, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 1
-  summary = dict(source="a", target="b", n=30, n_iters=3, sinkhorn_divergence_W2sq_estimate=1.0)
-  _plotting.plot_sinkhorn(x, y, y, np.full((30, 30), 1 / 900), summary, tmp_path / "s.png")
-  _plotting.plot_map(x, y, y, x, "t", tmp_path / "m.png")
-  for name in ("s.png", "m.png"):
-    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert cli.main(["sinkhorn", "--n", "40", "--out", str(tmp_path)]) == 0  # draws a picture
+  pngs = list(tmp_path.glob("*.png"))
+  assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
   import sys
   if "matplotlib.pyplot" in sys.modules:  # no figures left registered with pyplot
     assert sys.modules["matplotlib.pyplot"].get_fignums() == []

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from neural_ot import io, train
+from neural_ot import _validation, io, train
 from neural_ot.geometry import SqEuclidean
 from neural_ot.train import TrainState, cosine_schedule
 
@@ -94,11 +94,11 @@ class MetaOT:
     return _Net(self.support.shape[0], tuple(self.hidden))
 
   def _check(self, h, name):
-    h = jnp.asarray(h, jnp.float32)
+    h = _validation.as_float_array(h, name).astype(jnp.float32)
     n = self.support.shape[0]
-    if h.ndim not in (1, 2) or h.shape[-1] != n:
-      raise ValueError(f"MetaOT: `{name}` must be a histogram of shape ({n},) or (batch, {n}), "
-                       f"got {tuple(h.shape)}.")
+    if h.ndim not in (1, 2) or h.shape[-1] != n or h.size == 0:
+      raise ValueError(f"MetaOT: `{name}` must be a histogram of shape ({n},) or (batch, {n}) "
+                       f"with batch >= 1, got {tuple(h.shape)}.")
     hn = np.asarray(h)
     if np.any(hn < 0) or not np.all(np.isfinite(hn)):
       raise ValueError(f"MetaOT: `{name}` must be finite with non-negative mass.")
@@ -113,6 +113,9 @@ class MetaOT:
     logarithm), the c-transform the weights as given.
     """
     a, b = self._check(a, "a"), self._check(b, "b")
+    if a.shape != b.shape:
+      raise ValueError(f"MetaOT: `a` and `b` must have the same shape (one pair per row), got "
+                       f"{tuple(a.shape)} and {tuple(b.shape)}.")
     return _predict(self.net, self.params, a, b, jnp.asarray(self.support), float(self.epsilon),
                     self.base)
 

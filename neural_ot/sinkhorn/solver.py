@@ -121,8 +121,18 @@ def dual_objective(geom: PointCloud, a, b, f, g, eps, rho_a=None, rho_b=None):
   Balanced: ``<f, a> + <g, b> - eps (sum_ij P_ij - |a| |b|)``; unbalanced
   terms ``-rho <a, exp(-f / rho) - 1>`` replace ``<f, a>`` (and likewise for g).
   """
-  s = geom.apply_plan(f, g, eps, b, axis=1)  # sum_j b_j exp((f_i + g_j - C_ij)/eps)
-  mass = jnp.sum(a * s)
+  # mass = sum_ij a_i b_j exp((f_i + g_j - C_ij)/eps), with the weights folded into the
+  # potentials: a zero-weight point's potential is unconstrained and its kernel entries can
+  # overflow (inf * 0 = NaN); folded, they are exp(-inf) = 0. The folded log has no
+  # derivative at a zero weight, so the exact one (a row or column sum over the points
+  # that have mass, bounded) is added as a term whose value is zero.
+  sg = jax.lax.stop_gradient
+  u, v = f + eps * _safe_log(a), g + eps * _safe_log(b)
+  mass = jnp.sum(geom.apply_plan(u, v, eps, jnp.ones(b.shape, b.dtype), axis=1))
+  row = sg(geom.apply_plan(f, v, eps, jnp.ones(b.shape, b.dtype), axis=1))
+  col = sg(geom.apply_plan(u, g, eps, jnp.ones(a.shape, a.dtype), axis=0))
+  mass = mass + jnp.sum(jnp.where(a > 0, 0.0, (a - sg(a)) * row)) \
+      + jnp.sum(jnp.where(b > 0, 0.0, (b - sg(b)) * col))
   fa = jnp.sum(a * f) if rho_a is None else -rho_a * jnp.sum(a * jnp.expm1(-f / rho_a))
   gb = jnp.sum(b * g) if rho_b is None else -rho_b * jnp.sum(b * jnp.expm1(-g / rho_b))
   return fa + gb - eps * (mass - jnp.sum(a) * jnp.sum(b))
@@ -366,8 +376,9 @@ class Sinkhorn:
   def _residual(self, geom, a, b, eps, fg):
     """Gradient of the dual objective in (f, g): zero at the solution."""
     f, g = fg
-    s = geom.apply_plan(f, g, eps, b, axis=1)
-    t = geom.apply_plan(f, g, eps, a, axis=0)
+    # Weights folded into the other side's potential (see dual_objective): no inf * 0.
+    s = geom.apply_plan(f, g + eps * _safe_log(b), eps, jnp.ones(b.shape, b.dtype), axis=1)
+    t = geom.apply_plan(f + eps * _safe_log(a), g, eps, jnp.ones(a.shape, a.dtype), axis=0)
     rf = a * ((1.0 if self.rho_a is None else jnp.exp(-f / self.rho_a)) - s)
     rg = b * ((1.0 if self.rho_b is None else jnp.exp(-g / self.rho_b)) - t)
     return rf, rg

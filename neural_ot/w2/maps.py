@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neural_ot import io
+from neural_ot import _validation, io
 from neural_ot.w2.trainer import W2Trainer, as_config
 
 __all__ = ["W2Map", "Frame", "load_map"]
@@ -110,10 +110,11 @@ class W2Map:
   def dtype(self):
     return jax.tree.leaves(self.params)[0].dtype
   def _check(self, x, name):
-    arr = jnp.asarray(x)
+    arr = _validation.as_float_array(x, name)  # None, ragged, strings, complex: named errors
     if arr.ndim not in (1, 2) or arr.shape[-1] != self.dim:
       raise ValueError(f"W2Map: `{name}` must have shape (n, {self.dim}) or ({self.dim},), got "
-                       f"{tuple(np.shape(x))}.")
+                       f"{tuple(arr.shape)}.")
+    _validation.check_finite(arr, name)  # NaN in, NaN out would be silent
     return arr.astype(self.dtype)
 
   def transport(self, x) -> jax.Array:
@@ -195,7 +196,6 @@ class W2Map:
         cost_fn=costs.SqEuclidean())
 
 
-
 def load_map(path: str) -> W2Map:
   """Load a map written by :meth:`W2Map.save`."""
   try:
@@ -207,7 +207,31 @@ def load_map(path: str) -> W2Map:
     raise
   except Exception as exc:  # msgpack, JSON or layout errors all mean "not a map file"
     raise ValueError(f"load_map: {path!r} is not a neural_ot W2 map file.") from exc
-  trainer = W2Trainer(**meta["trainer"])
-  params = jax.tree.map(jnp.asarray, raw["params"])
-  frame = Frame(**raw["frame"]) if "frame" in raw else None  # files before the frame: identity
-  return W2Map(trainer, params, int(meta["dim"]), float(meta["w2"]), tuple(meta["history"]), frame)
+  try:  # a damaged file (bit flips) can be valid msgpack with broken contents
+    trainer = W2Trainer(**meta["trainer"])
+    params = jax.tree.map(jnp.asarray, raw["params"])
+    frame = Frame(**raw["frame"]) if "frame" in raw else None  # older files: identity
+    mp = W2Map(trainer, params, int(meta["dim"]), float(meta["w2"]), tuple(meta["history"]),
+               frame)
+    _check_contents(mp)
+  except Exception as exc:
+    raise ValueError(f"load_map: {path!r} is a damaged neural_ot W2 map file ({exc}).") from exc
+  return mp
+
+
+def _check_contents(mp: W2Map) -> None:
+  """Parameters laid out as the trainer builds them, and finite numbers throughout."""
+  zero = jnp.zeros((mp.dim,), mp.dtype)
+  key = jax.random.PRNGKey(0)
+  want = jax.eval_shape(lambda: {"f": mp.trainer.f_module.init(key, zero),
+                                 "g": mp.trainer.g_module.init(key, zero)})
+  got = jax.tree.map(lambda v: jax.ShapeDtypeStruct(np.shape(v), zero.dtype), mp.params)
+  shapes = lambda t: jax.tree.map(lambda v: tuple(v.shape), t)
+  if (jax.tree.structure(want) != jax.tree.structure(got)
+      or jax.tree.leaves(shapes(want)) != jax.tree.leaves(shapes(got))):
+    raise ValueError("parameters do not match the recorded network")
+  for leaf in jax.tree.leaves(mp.params) + [np.asarray(v) for v in mp.frame]:
+    if not np.all(np.isfinite(np.asarray(leaf, np.float64))):
+      raise ValueError("non-finite parameters")
+  if not (float(mp.frame.sx) > 0 and float(mp.frame.sy) > 0):
+    raise ValueError("non-positive frame scales")
