@@ -1,14 +1,18 @@
-"""Korotin et al. W2 benchmark (Mix3toMix10): neural_ot vs ott-jax at equal wall-clock.
+"""W2 benchmark (Korotin et al. Mix3toMix10): neural_ot's defaults vs ott-jax at equal wall-clock.
 
-For each dimension D: our ICNN dual with regression amortization (hyper-parameters from
-``bench_defaults(D)``, a function of D only) trains ``--steps`` steps; then ott-jax's
-``W2NeuralDual`` and ``ExpectileNeuralDual`` (their defaults) train for the same number of
-seconds of step time. Every method is scored with L2-UVP and cos, forward and inverse, on 4096
-fresh pairs; baselines (identity, linear) are scored the same way. Writes
-``benchmarks/results/w2_hd_D{D}.json`` and rebuilds ``benchmarks/RESULTS.md`` from all JSON files.
+For each dimension D: ``fit_w2`` with its defaults (nothing set here: the library picks its
+settings from the data) trains for ``--seconds`` of wall-clock (``max_seconds``, compile
+included); then ott-jax's ``ExpectileNeuralDual`` (ENOT) with its defaults at batch 256 and at
+batch 1024 trains for the same seconds of step time as ours' training seconds (compile and
+evaluation excluded from both clocks), and ``W2NeuralDual`` gets a short row. All are scored with
+L2-UVP and cos, forward and inverse, on 4096 fresh pairs, and evaluated along the way for the
+curves. Writes ``benchmarks/results/w2_hd_D{D}.json``, rebuilds ``benchmarks/RESULTS.md`` and
+``benchmarks/w2_hd_curves.png`` (forward L2-UVP against training seconds, one panel per D).
 
-Run: ``python benchmarks/w2_hd.py --dims 2 4 8 16 32 64 --steps 4000 [--data-dir DIR]
-[--extra-methods objective cycle mlp]`` (needs ``pip install -e '.[bench]'`` for ott-jax).
+Run: ``python benchmarks/w2_hd.py --dims 2 4 8 16 32 64 --seconds 600 [--data-dir DIR]
+[--pair random]`` (needs ott-jax's neural module: ``pip install -e '.[bench]'``).
+``--pair random`` uses ``w2bench.random_pair`` (a known-map pair built in code) instead of the
+benchmark files.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import platform
 
 import jax
 
-from neural_ot.w2bench import baselines, evaluate, load_pair
+from neural_ot.w2bench import baselines, evaluate, load_pair, random_pair
 from neural_ot.w2bench.runner import run_method
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,53 +37,68 @@ PUBLISHED = {  # forward L2-UVP %, from ../shared/docs/W2_BENCHMARK.md (secondar
 
 
 def run_dim(dim, args):
-  pair = load_pair(dim, args.data_dir)
+  pair = random_pair(dim, seed=0) if args.pair == "random" else load_pair(dim, args.data_dir)
   rows = []
   for name, (fwd, inv) in baselines(pair).items():
     if name != "constant":
       rows.append({"method": f"baseline: {name}", "final": evaluate(pair, fwd, inv)})
-  ours = run_method(pair, "regression", steps=args.steps, eval_every=args.eval_every,
-                    progress=True)
+  every = max(int(args.seconds / 8), 1)  # about 8 evaluations along each curve
+  ours = run_method(pair, "regression", seconds=args.seconds, eval_every=10 ** 9,
+                    progress=True, eval_seconds=every)
   budget = ours["train_s"]
   os.makedirs(args.out, exist_ok=True)
-  ours["map"].save(os.path.join(args.out, f"w2_hd_D{dim}_map.msgpack"))
+  ours["map"].save(os.path.join(args.out, f"w2_hd_{args.pair}_D{dim}_map.msgpack"))
+  ours["label"] = "ours: fit_w2 defaults"
   rows.append(ours)
-  for m in args.extra_methods:
-    rows.append(run_method(pair, m, steps=args.steps, eval_every=args.eval_every))
-  for m in ("ott-w2", "ott-expectile"):
+  for label, method, kw in (("ott-expectile (defaults, batch 256)", "ott-expectile", {}),
+                            ("ott-expectile (batch 1024)", "ott-expectile",
+                             {"batch_size": 1024}),
+                            ("ott-w2 (defaults, short)", "ott-w2", {})):
+    secs = budget if method != "ott-w2" else min(budget, 30.0)
     try:
-      rows.append(run_method(pair, m, seconds=budget, eval_every=args.ott_eval_every))
+      r = run_method(pair, method, seconds=secs, eval_every=0, eval_seconds=every, **kw)
     except ImportError as exc:
-      print(f"skipping {m}: {exc}")
+      print(f"skipping {method}: {exc}")
+      continue
+    r["label"] = label
+    rows.append(r)
   for r in rows:
     r.pop("map", None)
-    r["label"] = r["method"] if r["method"].startswith(("ott-", "baseline")) else (
-        "ours: " + r["method"])
+    r.setdefault("label", r["method"])
     f = r["final"]
-    print(f"D={dim:3d} {r['label']:<22} steps {r.get('steps', 0):>6} train {r.get('train_s', 0):7.1f} s"
-          f"  UVP fwd {f['uvp_fwd']:8.3f} %  inv {f['uvp_inv']:8.3f} %  cos fwd "
-          f"{f['cos_fwd']:.4f}", flush=True)
-  with open(os.path.join(args.out, f"w2_hd_D{dim}.json"), "w") as fh:
-    json.dump({"dim": dim, "budget_s": budget, "machine": f"{platform.machine()}, "
-               f"{os.cpu_count()} cores, jax {jax.__version__}", "rows": rows}, fh, indent=1,
-              default=float)
+    print(f"D={dim:3d} {r['label']:<38} steps {r.get('steps', 0):>6} train "
+          f"{r.get('train_s', 0):7.1f} s  UVP fwd {f['uvp_fwd']:8.3f} %  inv {f['uvp_inv']:8.3f} %"
+          f"  cos fwd {f['cos_fwd']:.4f}", flush=True)
+  name = f"w2_hd_{args.pair}_D{dim}.json" if args.pair != "bench" else f"w2_hd_D{dim}.json"
+  with open(os.path.join(args.out, name), "w") as fh:
+    json.dump({"dim": dim, "pair": pair.name, "budget_s": budget, "machine":
+               f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}",
+               "rows": rows}, fh, indent=1, default=float)
+
+
+def _runs(out_dir):
+  files = sorted(glob.glob(os.path.join(out_dir, "w2_hd_D*.json")),
+                 key=lambda p: int(p.split("_D")[-1].split(".")[0]))
+  return [json.load(open(p)) for p in files if "_map" not in p]
 
 
 def write_results(out_dir, path):
-  files = sorted(glob.glob(os.path.join(out_dir, "w2_hd_D*.json")),
-                 key=lambda p: int(p.split("_D")[-1].split(".")[0]))
-  runs = [json.load(open(p)) for p in files if "_map" not in p]
+  runs = _runs(out_dir)
   if not runs:
     return
   lines = ["# W2 benchmark (Mix3toMix10, Korotin et al. 2021): results", "",
            "Generated by `python benchmarks/w2_hd.py` from `benchmarks/results/w2_hd_D*.json`.",
            f"Machine: {runs[0]['machine']} (CPU only). L2-UVP in % (lower is better), cos "
            "(higher is better), forward (P -> Q) and inverse (Q -> P), on 4096 fresh pairs.",
-           "Our hyper-parameters are `bench_defaults(D)` (a function of D only). ott-jax's solvers "
-           "use their defaults and train for the same seconds of step time as ours (compile and "
-           "evaluation excluded).", "",
+           "Ours: `fit_w2(source, target, max_seconds=S)` with the library's defaults (chosen from "
+           "the data's dimension and size, nothing set by the benchmark). ott-jax's "
+           "`ExpectileNeuralDual` (its defaults, at batch 256 and 1024) trains for the same seconds "
+           "of step time as our training seconds (compile and evaluation excluded from both); "
+           "`W2NeuralDual` gets at most 30 s. Ratio = ours / best ENOT row (below 1: ours better).",
+           "Curves: `benchmarks/w2_hd_curves.png`.", "",
            "| D | method | steps | train s | ms/step | UVP fwd % | UVP inv % | cos fwd | cos inv |",
            "|---|---|---|---|---|---|---|---|---|"]
+  ratios = []
   for run in runs:
     d = run["dim"]
     for r in run["rows"]:
@@ -91,9 +110,19 @@ def write_results(out_dir, path):
     for name, vals in PUBLISHED.items():
       if d in vals:
         lines.append(f"| {d} | published: {name} | | | | {vals[d]} | | | |")
+    ours = [r for r in run["rows"] if r["label"].startswith("ours")]
+    enot = [r for r in run["rows"] if r["label"].startswith("ott-expectile")]
+    if ours and enot:
+      best = lambda k: min(r["final"][k] for r in enot)
+      ratios.append((d, run["budget_s"], ours[0]["final"]["uvp_fwd"] / best("uvp_fwd"),
+                     ours[0]["final"]["uvp_inv"] / best("uvp_inv")))
+  if ratios:
+    lines += ["", "| D | train s | ours / best ENOT, forward | ours / best ENOT, inverse |",
+              "|---|---|---|---|"]
+    lines += [f"| {d} | {s:.0f} | {rf:.2f} | {ri:.2f} |" for d, s, rf, ri in ratios]
   lines += ["", "Published figures come from secondary summaries of the papers (GPU, 100k-250k "
             "steps at batch 1024); see `../shared/docs/W2_BENCHMARK.md`."]
-  # A hand-written "## Reading" section at the end of the file survives regeneration.
+  # Hand-written sections from "## Reading" on survive regeneration.
   if os.path.isfile(path):
     old = open(path).read()
     if "\n## Reading" in old:
@@ -102,20 +131,46 @@ def write_results(out_dir, path):
     fh.write("\n".join(lines) + "\n")
 
 
+def plot_curves(out_dir, path):
+  """Forward L2-UVP against training seconds (log scale), one panel per D."""
+  import matplotlib.figure  # pylint: disable=import-outside-toplevel
+  runs = _runs(out_dir)
+  if not runs:
+    return
+  fig = matplotlib.figure.Figure(figsize=(4 * len(runs), 3.6), layout="constrained")
+  axes = fig.subplots(1, len(runs), squeeze=False)[0]
+  for ax, run in zip(axes, runs):
+    for r in run["rows"]:
+      pts = [(c["seconds"], c["uvp_fwd"]) for c in r.get("curve", []) if "uvp_fwd" in c]
+      if not pts or r["label"].startswith("ott-w2"):
+        continue
+      ax.plot(*zip(*pts), marker="o", ms=3, label=r["label"])
+    for r in run["rows"]:
+      if r["label"] == "baseline: linear":
+        ax.axhline(r["final"]["uvp_fwd"], ls="--", c="0.6", label="linear baseline")
+    ax.set_yscale("log")
+    ax.set_title(f"D = {run['dim']}")
+    ax.set_xlabel("training seconds (2 CPU cores)")
+    ax.set_ylabel("forward L2-UVP (%)")
+  axes[0].legend(fontsize=7)
+  fig.savefig(path, dpi=110)
+
+
 def main():
-  p = argparse.ArgumentParser()
+  p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--dims", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
-  p.add_argument("--steps", type=int, default=4000)
-  p.add_argument("--eval-every", type=int, default=1000)
-  p.add_argument("--ott-eval-every", type=int, default=0)
-  p.add_argument("--extra-methods", nargs="*", default=[])
+  p.add_argument("--seconds", type=float, default=600.0, help="training seconds per method and D")
+  p.add_argument("--pair", choices=("bench", "random"), default="bench")
   p.add_argument("--data-dir", default=None)
   p.add_argument("--out", default=os.path.join(HERE, "results"))
   p.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
+  p.add_argument("--png", default=os.path.join(HERE, "w2_hd_curves.png"))
   args = p.parse_args()
   for d in args.dims:
     run_dim(d, args)
-    write_results(args.out, args.results_md)
+    if args.pair == "bench":
+      write_results(args.out, args.results_md)
+      plot_curves(args.out, args.png)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
         steps: int | None, max_seconds: float | None = None, checkpoint_path: str | None = None,
         fingerprint: str = "", resume: bool = True, checkpoint_every: int = 500,
         log_every: int = 100, max_param_norm: float = 1e6, eval_fn: Callable | None = None,
-        eval_every: int = 0, callback: Callable | None = None, progress: bool = True,
+        eval_every: int = 0, eval_seconds: float = 0.0, callback: Callable | None = None, progress: bool = True,
         name: str = "neural-ot", show: tuple = ("loss",), advice: str = "",
         placement: Callable | None = None) -> tuple[TrainState, list]:
   """Train until ``steps`` steps or ``max_seconds`` of wall-clock, whichever comes first.
@@ -141,8 +141,9 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
       refused otherwise.
     log_every: metrics are fetched from the device every ``log_every`` steps (the only host
       syncs), shown, kept in the history and passed to ``callback(step, metrics)``.
-    eval_fn: ``eval_fn(state, step) -> dict`` every ``eval_every`` steps (host side; its time
-      is excluded from the ``seconds`` kept in the history).
+    eval_fn: ``eval_fn(state, step) -> dict`` every ``eval_every`` steps and/or every
+      ``eval_seconds`` of training (checked at fetches), and at the end (host side; its time is
+      excluded from the ``seconds`` kept in the history).
     placement: ``placement(tree) -> tree`` puts state and data on devices (data parallel).
 
   Returns:
@@ -172,7 +173,7 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
   ok = jnp.asarray(True)
   done = int(state.step)
   start = done
-  t_first, eval_s, last_ckpt = None, 0.0, done
+  t_first, eval_s, last_ckpt, next_eval = None, 0.0, done, float(eval_seconds or 0.0)
   mpn = jnp.asarray(max_param_norm, jnp.float32)
   try:
     while done < limit:
@@ -210,7 +211,10 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
         prog.show(done, limit, rate, eta, m, show)
         if callback is not None:
           callback(done, m)
-      if eval_fn is not None and eval_every and (done % eval_every == 0 or done >= limit):
+      due = (eval_every and done % eval_every == 0) or (
+          eval_seconds and seconds >= next_eval) or done >= limit
+      if eval_fn is not None and (eval_every or eval_seconds) and due:
+        next_eval = (math.floor(seconds / eval_seconds) + 1) * eval_seconds if eval_seconds else 0
         t = time.perf_counter()
         history.append({"step": done, "seconds": seconds, **{
             k: float(v) for k, v in eval_fn(state, done).items()}})

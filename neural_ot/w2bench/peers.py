@@ -32,12 +32,14 @@ def _solver(kind: str, dim: int, seed: int):
 
 
 def train_ott(pair, kind: str, seconds: float, batch_size: int = 256, seed: int = 0,
-              eval_every: int = 0, eval_fn: Callable | None = None, max_steps: int = 10 ** 9):
+              eval_every: int = 0, eval_fn: Callable | None = None, max_steps: int = 10 ** 9,
+              eval_seconds: float = 0.0):
   """Train ott-jax's solver on ``pair`` for ``seconds`` of step time (compile excluded).
 
   Returns a dict: ``forward``, ``inverse`` (maps), ``steps``, ``step_ms`` (median),
   ``compile_s``, ``wall_s`` and ``curve`` (``eval_fn(forward, inverse)`` every ``eval_every``
-  steps, with the step and the training seconds so far).
+  steps and/or every ``eval_seconds`` of step time, with the step and the training seconds so
+  far).
   """
   solver = _solver(kind, pair.dim, seed)
   expectile = kind == "ott-expectile"
@@ -70,6 +72,7 @@ def train_ott(pair, kind: str, seconds: float, batch_size: int = 256, seed: int 
     sf, sg, _, _ = one(sf, sg, 1)
   compile_s = time.perf_counter() - t0
   times, curve, k, spent = [], [], 2 if back_and_forth else 1, 0.0
+  next_eval = eval_seconds
   wall0 = time.perf_counter()
   while spent < seconds and k < max_steps:
     sf, sg, dt, loss = one(sf, sg, k)
@@ -79,9 +82,13 @@ def train_ott(pair, kind: str, seconds: float, batch_size: int = 256, seed: int 
     times.append(dt)
     spent += dt
     k += 1
-    if eval_fn is not None and eval_every and k % eval_every == 0:
+    if eval_fn is not None and ((eval_every and k % eval_every == 0) or (
+        eval_seconds and spent >= next_eval)):
       curve.append({"step": k, "seconds": spent, **eval_fn(*maps(sf, sg))})
+      next_eval = (int(spent / eval_seconds) + 1) * eval_seconds if eval_seconds else 0
   fwd, inv = maps(sf, sg)
+  if eval_fn is not None and (eval_every or eval_seconds):
+    curve.append({"step": k, "seconds": spent, **eval_fn(fwd, inv)})
   return {"forward": fwd, "inverse": inv, "steps": k, "compile_s": compile_s,
           "step_ms": 1000 * float(np.median(times)) if times else float("nan"),
           "train_s": spent, "wall_s": time.perf_counter() - wall0, "curve": curve}

@@ -23,14 +23,15 @@ METHODS = (*_OURS, "ott-w2", "ott-expectile")
 
 
 def run_method(pair, method: str, *, steps: int | None = None, seconds: float | None = None,
-               seed: int = 0, eval_every: int = 500, eval_n: int = 4096, progress: bool = False,
-               **overrides) -> dict:
+               seed: int = 0, eval_every: int = 500, eval_seconds: float = 0.0,
+               eval_n: int = 4096, progress: bool = False, **overrides) -> dict:
   """Train ``method`` on ``pair`` and score it (L2-UVP and cos, forward and inverse).
 
   Ours run ``fit_w2`` with its defaults (plus ``overrides``) for ``steps`` steps and/or
   ``seconds`` of wall-clock (``max_seconds``); ott-jax's run for ``seconds`` of step time
   (default 60). Returns a dict with ``final`` metrics, ``curve`` (evaluations every
-  ``eval_every`` steps with the training seconds so far, evaluation excluded), ``steps``,
+  ``eval_every`` steps and/or ``eval_seconds`` of training, with the training seconds so far,
+  evaluation excluded), ``steps``,
   ``train_s``, ``step_ms`` and, for ours, ``map`` and ``conj_iters``.
   """
   if method not in METHODS:
@@ -40,7 +41,7 @@ def run_method(pair, method: str, *, steps: int | None = None, seconds: float | 
     from neural_ot.w2bench.peers import train_ott
     out = train_ott(pair, method, seconds if seconds is not None else 60.0,
                     batch_size=overrides.get("batch_size", 256), seed=seed,
-                    eval_every=eval_every, eval_fn=score)
+                    eval_every=eval_every, eval_seconds=eval_seconds, eval_fn=score)
     return {"method": method, "final": score(out["forward"], out["inverse"]), **{
         k: out[k] for k in ("steps", "train_s", "step_ms", "compile_s", "curve")}}
 
@@ -52,7 +53,7 @@ def run_method(pair, method: str, *, steps: int | None = None, seconds: float | 
   t0 = time.perf_counter()
   mp = fit_w2(pair.sample_source, pair.sample_target, steps=steps, max_seconds=seconds, seed=seed,
               eval_fn=lambda mp, step: score(mp.transport, inverse(mp)), eval_every=eval_every,
-              progress=progress, **opts)
+              eval_seconds=eval_seconds, progress=progress, **opts)
   wall = time.perf_counter() - t0
   final = score(mp.transport, inverse(mp))
   logs = [h for h in mp.history if "conj_iters" in h]
