@@ -9,6 +9,13 @@ subprocess solves n = m = --online-n in online (tiled) mode and reports its
 peak memory and time per iteration.
 
 Usage: python benchmarks/sinkhorn.py [--sizes 1000 4000 16000] [--json out.json]
+
+``--online-scan`` instead times online Sinkhorn iterations (and the stable
+log-sum-exp half-step) at n = 4k..100k, d = 2 and 64, with the streamed
+``(rows, cols)`` blocks against the previous scheme (rows against the whole
+reduced axis) in the same process, then the whole n = 50k solve to 1e-3 in a
+subprocess (iterations, seconds, peak RSS), and appends a section to
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -114,6 +121,220 @@ def online_child(n, d, eps_rel, tol):
                         dense_cost_matrix_gb=4 * n * n / 1e9)))
 
 
+# --- --online-scan: per-entry speed of online (tiled) Sinkhorn as n grows ------------------
+
+def _scan_case(n, d, legacy, tile_size):
+  """Compiled (step, stable half-step) functions and their arguments for one configuration."""
+  import neural_ot
+  from neural_ot.geometry import pointcloud as pc
+  from neural_ot.sinkhorn.solver import Sinkhorn
+
+  pc._LEGACY_WHOLE_AXIS_TILES = legacy  # read at trace time
+  try:
+    x, y = _data(n, d)
+    a = jnp.full((n,), 1.0 / n)
+    eps = jnp.asarray(0.05 * _mean_cost(x, y))
+    solver = Sinkhorn(tol=1e-30, max_iters=10, online=True,
+                      tile_size=(256, None) if legacy else tile_size)
+    geom = pc.PointCloud.create(x, y, online=True, tile_size=solver.tile_size)
+    f0 = jnp.zeros((n,))
+    half = jax.jit(lambda geom, a, f, eps: solver._g_stable(geom, a, f, eps))
+    half_c = half.lower(geom, a, f0, eps).compile()
+    state = jax.jit(lambda geom, a, eps: solver.init(geom, a, a, eps))(geom, a, eps)
+    step = jax.jit(lambda geom, a, eps, st: solver.step(geom, a, a, eps, st))
+    step_c = step.lower(geom, a, eps, state).compile()
+  finally:
+    pc._LEGACY_WHOLE_AXIS_TILES = False
+  return dict(step=(step_c, (geom, a, eps, state)), half=(half_c, (geom, a, f0, eps)))
+
+
+def _median_time(compiled, args, reps):
+  """Median wall and process-CPU seconds (all threads) of ``reps`` calls."""
+  ts, cs = [], []
+  for _ in range(reps):
+    t0, c0 = time.perf_counter(), time.process_time()
+    jax.block_until_ready(compiled(*args))
+    ts.append(time.perf_counter() - t0)
+    cs.append(time.process_time() - c0)
+  return float(np.median(ts)), float(np.median(cs))
+
+
+_REF = {}
+
+
+def online_scan_point(n, d, legacy_max_n, tile_size, budget_s, ref_n=4000):
+  """Before (whole-axis tiles) and after (blocks), timed alternately in this process, with
+  the after-step at ``ref_n`` timed in the same rounds (the machine is shared: its load
+  changes between configurations, so throughput ratios vs n use this same-round reference)."""
+  impls = ["after"] + (["before"] if n <= legacy_max_n else [])
+  cases = {}
+  for impl in impls:
+    t0 = time.perf_counter()
+    cases[impl] = _scan_case(n, d, impl == "before", tile_size)
+    cases[impl]["compile_s"] = time.perf_counter() - t0
+  if (ref_n, d) not in _REF:
+    _REF[ref_n, d] = _scan_case(ref_n, d, False, tile_size)["step"]
+  ref_fn, ref_args = _REF[ref_n, d]
+  _median_time(ref_fn, ref_args, 2)
+  # warm-up (one call of each), which also sizes the number of repeats
+  first = {}
+  for impl in impls:
+    for what in ("step", "half"):
+      fn, args = cases[impl][what]
+      first[impl, what] = _median_time(fn, args, 1)[0]
+  per_round = sum(first.values())
+  reps = int(max(1, min(5, budget_s // max(per_round, 1e-9))))
+  ts = {key: [] for key in first}
+  ref = []
+  for _ in range(reps):  # alternate implementations within each round (shared, noisy machine)
+    ref.append(_median_time(ref_fn, ref_args, 3))
+    for impl, what in first:
+      fn, args = cases[impl][what]
+      ts[impl, what].append(_median_time(fn, args, 1))
+  ref.append(_median_time(ref_fn, ref_args, 3))
+  ref_wall = float(np.median([r[0] for r in ref]))
+  ref_cpu = float(np.median([r[1] for r in ref]))
+  ref_g = 2 * ref_n * ref_n / ref_wall / 1e9
+  out = dict(n=n, d=d, reps=reps, ref=dict(n=ref_n, step_s=ref_wall, step_cpu_s=ref_cpu,
+                                           step_G_per_s=ref_g,
+                                           step_G_per_cpu_s=2 * ref_n * ref_n / ref_cpu / 1e9))
+  for impl in impls:
+    t_step = float(np.median([t[0] for t in ts[impl, "step"]]))
+    c_step = float(np.median([t[1] for t in ts[impl, "step"]]))
+    t_half = float(np.median([t[0] for t in ts[impl, "half"]]))
+    g = 2 * n * n / t_step / 1e9
+    out[impl] = dict(step_s=t_step, step_cpu_s=c_step, step_G_per_s=g,
+                     step_G_per_cpu_s=2 * n * n / c_step / 1e9,
+                     vs_ref=g / ref_g,
+                     half_step_s=t_half, half_G_per_s=n * n / t_half / 1e9,
+                     half_vs_ref=(n * n / t_half / 1e9) / ref_g,
+                     compile_s=cases[impl]["compile_s"])
+  return out
+
+
+def online_solve_child(n, tol, tile_size):
+  """The whole online solve to ``tol`` (subprocess: ru_maxrss is this solve's peak)."""
+  import neural_ot
+  x, y = _data(n, 2, seed=1)
+
+  def fn(x, y):
+    o = neural_ot.sinkhorn(x, y, epsilon=0.05, relative_epsilon=True, tol=tol, online=True,
+                           tile_size=tile_size)
+    return o.reg_ot_cost, o.n_iters, o.marginal_error, o.converged
+
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(x, y).compile()
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  cost, iters, err, conv = jax.block_until_ready(compiled(x, y))
+  t = time.perf_counter() - t0
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+  print(json.dumps(dict(n=n, d=2, iters=int(iters), time_s=t, compile_s=compile_s,
+                        per_iter_s=t / max(int(iters), 1), marginal_error=float(err),
+                        converged=bool(conv), reg_ot_cost=float(cost), peak_rss_gb=rss,
+                        dense_cost_matrix_gb=4 * n * n / 1e9)))
+
+
+def _scan_table(rows):
+  lines = ["| d | n = m | before: s / it | before: G/s | after: s / it | after: G/s | "
+           "after: G per CPU-s | speed-up | after vs 4k, same rounds | "
+           "half-step G/s before / after |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    b, a = r.get("before"), r["after"]
+    bs = (f"{b['step_s']:.3g} | {b['step_G_per_s']:.2f}" if b else "- | -")
+    sp = f"{b['step_s'] / a['step_s']:.1f}x" if b else "-"
+    bh = f"{b['half_G_per_s']:.2f}" if b else "-"
+    lines.append(f"| {r['d']} | {r['n']:,} | {bs} | {a['step_s']:.3g} | "
+                 f"{a['step_G_per_s']:.2f} | {a['step_G_per_cpu_s']:.2f} | {sp} | "
+                 f"{a['vs_ref']:.2f} | {bh} / {a['half_G_per_s']:.2f} |")
+  return "\n".join(lines)
+
+
+def online_scan(args):
+  from neural_ot.geometry import pointcloud as pc
+  tile = tuple(args.tile_size) if args.tile_size else pc.DEFAULT_TILE_SIZE
+  machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"jax {jax.__version__}, load average at start {os.getloadavg()[0]:.1f}")
+  print(f"online scan: blocks {tile} (after) vs 256 rows x whole axis (before); {machine}",
+        flush=True)
+  rows = []
+  result = dict(machine=machine, tile_size=list(tile), rows=rows)
+
+  def save():
+    os.makedirs(os.path.dirname(args.scan_json) or ".", exist_ok=True)
+    with open(args.scan_json, "w") as fh:
+      json.dump(result, fh, indent=2)
+
+  for d in args.dims:
+    for n in args.scan_sizes:
+      if d > 8 and n > args.max_n_high_d:
+        print(f"  d={d} n={n}: skipped (--max-n-high-d {args.max_n_high_d})", flush=True)
+        continue
+      legacy_max = args.legacy_max_n if d <= 8 else args.legacy_max_n_high_d
+      r = online_scan_point(n, d, legacy_max, tile, args.scan_budget_s)
+      rows.append(r)
+      b, a = r.get("before"), r["after"]
+      print(f"  d={d:>2} n={n:>6}: after {a['step_s']:.3g} s/it {a['step_G_per_s']:.2f} G/s "
+            f"({a['step_G_per_cpu_s']:.2f} G/CPU-s, {a['vs_ref']:.2f}x the 4k step in the same "
+            f"rounds) "
+            f"(half-step {a['half_G_per_s']:.2f} G/s)" +
+            (f" | before {b['step_s']:.3g} s/it {b['step_G_per_s']:.2f} G/s "
+             f"(half-step {b['half_G_per_s']:.2f} G/s)" if b else " | before: not run") +
+            f" [{r['reps']} reps, load {os.getloadavg()[0]:.1f}]", flush=True)
+      save()
+  if args.solve_n:
+    cmd = [sys.executable, __file__, "--_solve-child", str(args.solve_n), "--tol", str(args.tol)]
+    if args.tile_size:
+      cmd += ["--tile-size", *map(str, args.tile_size)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result["solve"] = json.loads(out.stdout.strip().splitlines()[-1])
+    s = result["solve"]
+    print(f"  solve n=m={s['n']} d=2 eps=0.05 relative, tol {args.tol}: {s['iters']} iterations, "
+          f"{s['time_s']:.1f} s (+{s['compile_s']:.1f} s compile), error {s['marginal_error']:.1e}, "
+          f"peak RSS {s['peak_rss_gb']:.2f} GB", flush=True)
+  result["load_average_end"] = os.getloadavg()[0]
+  save()
+  table = _scan_table(rows)
+  print(table)
+  if args.results_md:
+    _append_scan_section(args.results_md, result, table, tile)
+
+
+def _append_scan_section(path, result, table, tile):
+  by = {(r["d"], r["n"]): r for r in result["rows"]}
+  lines = [f"\n## Online Sinkhorn: per-entry speed vs n (`python benchmarks/sinkhorn.py "
+           f"--online-scan`, {time.strftime('%Y-%m-%d')})\n",
+           f"Machine: {result['machine']}; load average at the end "
+           f"{result['load_average_end']:.1f} (the machine is shared: compare columns of one run, "
+           "not runs). One iteration = both kernel passes (`Sinkhorn.step`), G entries/s = "
+           "2 n^2 / (s / iteration); the stable half-step is the log-sum-exp c-transform that "
+           "starts a solve (n^2 entries). Medians of alternating before/after calls after a "
+           "warm-up call, compile excluded; G per CPU-s divides by the process CPU time of all "
+           "threads (less sensitive to other users' load); 'after vs 4k, same rounds' is the "
+           "throughput relative to the n=4,000 step timed between the same calls. Before: 256 rows of the kept axis against the whole "
+           f"reduced axis (the previous scheme, `pointcloud._LEGACY_WHOLE_AXIS_TILES`); after: "
+           f"streamed {tile[0]} x {tile[1]} blocks.\n", table, ""]
+  base = by.get((2, 4000))
+  for n in (50000, 100000):
+    if (2, n) in by:
+      r = by[2, n]["after"]
+      seq = (f"{r['step_G_per_s'] / base['after']['step_G_per_s']:.2f}x in wall time vs the 4k row, "
+             f"{r['step_G_per_cpu_s'] / base['after']['step_G_per_cpu_s']:.2f}x per CPU-second; "
+             if base else "")
+      lines.append(f"- d=2, after: throughput at n={n:,} is {seq}{r['vs_ref']:.2f}x the 4k step "
+                   "timed in the same rounds (target >= 0.7).")
+  s = result.get("solve")
+  if s:
+    lines.append(f"- Whole solve, n = m = {s['n']:,}, d = 2, `epsilon=0.05, relative_epsilon=True`, "
+                 f"tol 1e-3: {s['iters']} iterations in {s['time_s']:.1f} s "
+                 f"(+{s['compile_s']:.1f} s compile), {s['per_iter_s']:.2f} s / iteration, marginal "
+                 f"error {s['marginal_error']:.1e}, peak RSS {s['peak_rss_gb']:.2f} GB "
+                 f"(a dense C would be {s['dense_cost_matrix_gb']:.0f} GB).")
+  with open(path, "a") as fh:
+    fh.write("\n".join(lines) + "\n")
+  print(f"appended a section to {path}")
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
@@ -125,7 +346,28 @@ def main():
   p.add_argument("--online-n", type=int, default=50000)
   p.add_argument("--json", default="benchmarks/results/sinkhorn.json")
   p.add_argument("--_online-child", type=int, default=0, help=argparse.SUPPRESS)
+  p.add_argument("--online-scan", action="store_true",
+                 help="per-entry speed of online Sinkhorn vs n, before/after blocking")
+  p.add_argument("--scan-sizes", type=int, nargs="+", default=[4000, 10000, 20000, 50000, 100000])
+  p.add_argument("--tile-size", type=int, nargs=2, default=None, help="(rows, cols) blocks")
+  p.add_argument("--legacy-max-n", type=int, default=50000,
+                 help="largest n timed with the previous scheme at d <= 8")
+  p.add_argument("--legacy-max-n-high-d", type=int, default=20000)
+  p.add_argument("--max-n-high-d", type=int, default=50000, help="largest n at d > 8")
+  p.add_argument("--scan-budget-s", type=float, default=20.0,
+                 help="timed seconds per configuration (1-5 rounds after the warm-up)")
+  p.add_argument("--solve-n", type=int, default=50000)
+  p.add_argument("--scan-json", default="benchmarks/results/online_scan.json")
+  p.add_argument("--results-md", default="benchmarks/RESULTS.md")
+  p.add_argument("--_solve-child", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args()
+  if args._solve_child:
+    online_solve_child(args._solve_child, args.tol,
+                       tuple(args.tile_size) if args.tile_size else None)
+    return
+  if args.online_scan:
+    online_scan(args)
+    return
   if args._online_child:
     online_child(args._online_child, 2, 0.05, args.tol)
     return

@@ -6,16 +6,22 @@ All reductions are written in terms of *folded* potentials ``u: (n,)`` and
 drop out of every sum (this is how padding works).
 
 Dense mode materialises the ``(n, m)`` cost matrix once. Online mode never
-does: it recomputes cost tiles of ``tile_size`` rows (or columns) against the
-whole other cloud, so memory is ``O(tile_size * max(n, m) + (n + m) d)``.
+does: it streams ``(rows, cols)`` blocks (``tile_size``, default
+``DEFAULT_TILE_SIZE``): tiles of the kept axis (``lax.map``) each scan the
+reduced axis tile by tile (``lax.scan``), adding partial sums or updating a
+running-max log-sum-exp, so a block of costs stays in cache whatever ``n`` and
+``m`` are. Memory is ``O((n + m) d + rows * cols)``; the speed per entry stays
+flat in ``n`` (tiles of the kept axis against the *whole* reduced axis left
+every cache level past ~20k points and were up to 5x slower).
 
 Sharded mode (``mesh`` set, always online) splits both clouds and their
 potentials into equal blocks along one axis of a device mesh. A reduction
 keeps each device's block of the kept axis and passes the blocks of the
 reduced axis around a ring (``ppermute``), accumulating partial sums (or
-log-sum-exps) tile by tile: no device ever holds more than one block of each
-cloud, and no ``n x m`` array exists anywhere. Per device: memory
-``O((n + m) d / devices + tile_size * m / devices)``, time ``O(n m / devices)``.
+log-sum-exps) with the same local ``(rows, cols)`` blocks: no device ever
+holds more than one block of each cloud, and no ``n x m`` array exists
+anywhere. Per device: memory ``O((n + m) d / devices + rows * cols)``, time
+``O(n m / devices)``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,32 @@ __all__ = ["PointCloud", "ONLINE_AUTO_THRESHOLD"]
 
 # Above this many cost entries, ``online=None`` (auto) switches to tiles.
 ONLINE_AUTO_THRESHOLD = 4096 * 4096
+
+# Default online block: rows of the kept axis x columns of the reduced axis.
+DEFAULT_TILE_SIZE = (256, 2048)
+
+# Private switch for benchmarks/sinkhorn.py --online-scan: the previous online scheme
+# (tile_rows of the kept axis against the whole reduced axis). Read at trace time.
+_LEGACY_WHOLE_AXIS_TILES = False
+
+
+def tile_shape(tile_size) -> tuple[int, int | None]:
+  """Normalise ``tile_size``: ``None`` (default), an int ``t`` (``t x t`` blocks) or a
+  ``(rows, cols)`` pair; ``cols=None`` means the whole reduced axis."""
+  if tile_size is None:
+    return DEFAULT_TILE_SIZE
+  if isinstance(tile_size, int) and not isinstance(tile_size, bool):
+    tile_size = (tile_size, tile_size)
+  ok = (isinstance(tile_size, tuple) and len(tile_size) == 2
+        and isinstance(tile_size[0], int) and not isinstance(tile_size[0], bool)
+        and tile_size[0] >= 1
+        and (tile_size[1] is None or (isinstance(tile_size[1], int)
+                                      and not isinstance(tile_size[1], bool)
+                                      and tile_size[1] >= 1)))
+  if not ok:
+    raise ValueError("`tile_size` must be None, a positive int or a (rows, cols) pair of "
+                     f"positive ints (cols may be None: the whole axis), got {tile_size!r}.")
+  return int(tile_size[0]), None if tile_size[1] is None else int(tile_size[1])
 
 
 def _lse(z, axis):
@@ -61,7 +93,8 @@ class PointCloud:
     cost_matrix: the ``(n, m)`` cost in dense mode, ``None`` online.
     cost: a :class:`~neural_ot.geometry.costs.Cost` (static).
     online: whether cost tiles are recomputed on the fly (static).
-    tile_size: rows (or columns) per tile in online mode (static).
+    tile_size: online block shape ``(rows, cols)`` (static): ``rows`` points of the kept
+      axis against ``cols`` points of the reduced axis; an int ``t`` means ``t x t``.
     mesh: a :class:`jax.sharding.Mesh` to shard both clouds over (static), or None.
     axis_name: the mesh axis the points are split along (static).
   """
@@ -71,12 +104,12 @@ class PointCloud:
   cost_matrix: jax.Array | None
   cost: costs_lib.Cost = dataclasses.field(metadata=dict(static=True))
   online: bool = dataclasses.field(metadata=dict(static=True))
-  tile_size: int = dataclasses.field(metadata=dict(static=True))
+  tile_size: tuple[int, int | None] = dataclasses.field(metadata=dict(static=True))
   mesh: Mesh | None = dataclasses.field(default=None, metadata=dict(static=True))
   axis_name: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
   @classmethod
-  def create(cls, x, y, cost=None, online: bool | None = None, tile_size: int = 256,
+  def create(cls, x, y, cost=None, online: bool | None = None, tile_size=None,
              mesh: Mesh | None = None, axis_name: str | None = None):
     cost = costs_lib.as_cost(cost)
     n, m = x.shape[0], y.shape[0]
@@ -97,7 +130,18 @@ class PointCloud:
       online = n * m > ONLINE_AUTO_THRESHOLD
     cmat = None if online else cost.pairwise(x, y)
     return cls(x=x, y=y, cost_matrix=cmat, cost=cost, online=bool(online),
-               tile_size=int(tile_size), mesh=mesh, axis_name=axis_name)
+               tile_size=tile_shape(tile_size), mesh=mesh, axis_name=axis_name)
+
+  @property
+  def tile_rows(self) -> int:
+    """Points of the kept axis per online block."""
+    return tile_shape(self.tile_size)[0]
+
+  @property
+  def tile_cols(self) -> int:
+    """Points of the reduced axis per online block (the whole axis when ``None``)."""
+    cols = tile_shape(self.tile_size)[1]
+    return max(self.shape) if cols is None else cols
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -163,13 +207,113 @@ class PointCloud:
     if not self.online and kind != "lse":
       return block(self.cost_matrix, u, v)
 
-    # Online: tile the kept axis; each tile sees the whole reduced axis.
+    if _LEGACY_WHOLE_AXIS_TILES:  # the previous scheme, kept for benchmarks/sinkhorn.py only
+      return self._reduce_whole_axis_tiles(u, v, eps, axis, block)
+    return self._reduce_blocked(u, v, eps, axis, kind, vec)
+
+  def _reduce_blocked(self, u, v, eps, axis, kind, vec):
+    """Online reduction in ``(tile_rows, tile_cols)`` blocks, streamed over both axes.
+
+    The kept axis is split in tiles of ``tile_rows`` (``lax.map``); each tile
+    scans the reduced axis in tiles of ``tile_cols`` (``lax.scan``), so only a
+    ``tile_rows x tile_cols`` block of costs is ever live and it stays in cache.
+    Partial sums add; log-sum-exps stream with a running maximum as the shift.
+    The reduced axis is never padded (a shorter last block is reduced apart),
+    so no ``-inf`` padding enters the arithmetic or its gradients. Every block
+    and every row tile is rematerialised in the backward pass, so reverse mode
+    stores only the inputs of each row tile.
+    """
+    sg = jax.lax.stop_gradient
+    if axis == 1:
+      keep_pts, keep_pot, red_pts, red_pot = self.x, u, self.y, v
+    else:
+      keep_pts, keep_pot, red_pts, red_pot = self.y, v, self.x, u
+    k, r = keep_pts.shape[0], red_pts.shape[0]
+    tr, tc = min(self.tile_rows, k), min(self.tile_cols, r)
+    cost = self.cost
+    dtype = jnp.result_type(keep_pot, red_pot)
+    red_vec = vec if kind == "apply" else None
+
+    def costs(kp, rp):
+      # (rows, cols) block with rows on the kept axis, whatever ``axis`` is.
+      return cost.pairwise(kp, rp) if axis == 1 else cost.pairwise(rp, kp).T
+
+    def block(kp, kpot, rp, rpot, rvec, acc):
+      # acc None: this is the first block, which initialises the accumulator (so that
+      # under shard_map the carry has the same varying axes as the blocks' outputs).
+      c = costs(kp, rp)
+      add = (lambda part: part) if acc is None else (lambda part: acc + part)
+      if kind == "wcost_lin":
+        return add(c @ jnp.exp(rpot))
+      z = (kpot[:, None] + rpot[None, :] - c) / eps
+      if kind == "lse":
+        m = sg(jnp.max(z, axis=1))
+        if acc is not None:
+          m_old, s_old = acc
+          m = jnp.maximum(m_old, m)
+        shift = sg(jnp.where(jnp.isfinite(m), m, 0.0))
+        s = jnp.sum(jnp.exp(z - shift[:, None]), axis=1)
+        if acc is not None:
+          s = s_old * jnp.exp(m_old - shift) + s
+        return m, s
+      ez = jnp.exp(z)
+      if kind == "sum":
+        return add(jnp.sum(ez, axis=1))
+      if kind == "wcost":
+        return add(jnp.sum(ez * c, axis=1))
+      if kind == "apply":
+        return add(jnp.tensordot(ez, rvec, axes=((1,), (0,))))
+      raise ValueError(kind)
+
+    block = jax.checkpoint(block, prevent_cse=False)
+    nfull = r // tc
+    rest = r - nfull * tc
+    tail = None if red_vec is None else red_vec.shape[1:]
+    rp_full = red_pts[:nfull * tc].reshape(nfull, tc, -1)
+    rpot_full = red_pot[:nfull * tc].reshape(nfull, tc)
+    rvec_full = None if red_vec is None else red_vec[:nfull * tc].reshape((nfull, tc) + tail)
+    rp_rest, rpot_rest = red_pts[nfull * tc:], red_pot[nfull * tc:]
+    rvec_rest = None if red_vec is None else red_vec[nfull * tc:]
+
+    def row_tile(args):
+      kp, kpot = args
+
+      def body(acc, blk):
+        rp, rpot, rvec = blk
+        return block(kp, kpot, rp, rpot, rvec, acc), None
+
+      acc = block(kp, kpot, rp_full[0], rpot_full[0],
+                  None if rvec_full is None else rvec_full[0], None)
+      if nfull > 1:
+        rest_blocks = (rp_full[1:], rpot_full[1:], None if rvec_full is None else rvec_full[1:])
+        acc = jax.lax.scan(body, acc, rest_blocks)[0]
+      if rest:
+        acc = block(kp, kpot, rp_rest, rpot_rest, rvec_rest, acc)
+      if kind == "lse":
+        m, s = acc
+        return jnp.log(s) + sg(jnp.where(jnp.isfinite(m), m, 0.0))
+      return acc
+
+    nb = math.ceil(k / tr)
+    if nb == 1:
+      return row_tile((keep_pts, keep_pot))
+    pad = nb * tr - k
+    pts = jnp.pad(keep_pts, ((0, pad), (0, 0))).reshape(nb, tr, -1)
+    pot = jnp.pad(keep_pot, (0, pad)).reshape(nb, tr)
+    # Remat the row tiles too: reverse mode then keeps O(k d) inputs per reduction rather than
+    # one accumulator per block (O(k r / cols)), as the whole-axis tiles did.
+    out = jax.lax.map(jax.checkpoint(row_tile, prevent_cse=False), (pts, pot))
+    return out.reshape((nb * tr,) + out.shape[2:])[:k]
+
+  def _reduce_whole_axis_tiles(self, u, v, eps, axis, block):
+    """The pre-blocking online scheme: ``tile_rows`` of the kept axis against the whole
+    reduced axis (its speed collapses past ~20k points). Benchmarks only."""
     if axis == 1:
       keep_pts, keep_pot, red_pts, red_pot = self.x, u, self.y, v
     else:
       keep_pts, keep_pot, red_pts, red_pot = self.y, v, self.x, u
     k = keep_pts.shape[0]
-    t = min(self.tile_size, k)
+    t = min(self.tile_rows, k)
     nb = math.ceil(k / t)
     pad = nb * t - k
     pts = jnp.pad(keep_pts, ((0, pad), (0, 0))).reshape(nb, t, -1)

@@ -197,7 +197,8 @@ class Sinkhorn:
       ``False`` materialises ``C``, ``None`` picks online above 16.7M entries.
       Sharded solves (``mesh``, or inputs sharded along axis 0) are always
       online: ``online=False`` there raises ``ValueError``.
-    tile_size: rows per tile in online mode.
+    tile_size: online block shape: ``(rows, cols)``, an int ``t`` (``t x t``) or None
+      (``pointcloud.DEFAULT_TILE_SIZE``, measured on CPU; larger suits GPUs).
     record_errors: keep the per-iteration marginal errors in the output.
     cg_tol, cg_maxiter, ridge: conjugate gradient settings for implicit diff.
     mesh: a :class:`jax.sharding.Mesh`: split both clouds (and potentials) in
@@ -220,7 +221,7 @@ class Sinkhorn:
   implicit_diff: bool = True
   cost: Any = None
   online: bool | None = None
-  tile_size: int = 256
+  tile_size: Any = None
   record_errors: bool = False
   cg_tol: float = 1e-6
   cg_maxiter: int = 500
