@@ -9,8 +9,6 @@ plan, and moves one cloud onto another by gradient descent on the differentiable
 divergence. Set `NEURAL_OT_SMALL=1` for the small sizes the test-suite uses."""),
 ("code", """import os
 import jax, jax.numpy as jnp, numpy as np
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import neural_ot
 from neural_ot import data
@@ -31,12 +29,13 @@ r, c = out.marginals
 assert float(jnp.abs(r - out.a).sum() + jnp.abs(c - out.b).sum()) < 2e-3"""),
 ("md", "## The effect of epsilon: larger epsilon blurs the plan"),
 ("code", """order_x = np.argsort(np.arctan2(x[:, 1], x[:, 0])); order_y = np.argsort(np.arctan2(y[:, 1], y[:, 0]))
-fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
 for ax, eps in zip(axes, [0.002, 0.02, 0.2]):
     o = neural_ot.sinkhorn(x, y, epsilon=eps, relative_epsilon=True, tol=1e-3, max_iters=5000)
     P = np.asarray(o.matrix)[order_x][:, order_y]
     ax.imshow(np.sqrt(P * n), cmap="magma", aspect="auto")
-    ax.set_title(f"eps = {eps} x mean cost: {int(o.n_iters)} it, <P,C> = {float(o.primal_cost):.2f}")
+    ax.set_title(f"eps = {eps} x mean cost\\n{int(o.n_iters)} iterations, <P,C> = {float(o.primal_cost):.2f}")
+    ax.set_xlabel("target point (sorted by angle)"); ax.set_ylabel("source point (sorted by angle)")
 fig.tight_layout()"""),
 ("md", "## Barycentric map: where each source point goes on average"),
 ("code", """T = np.asarray(out.barycentric_map())

@@ -10,8 +10,6 @@ E f(x) + E f*(y); the conjugate's argmax (the inverse map) is predicted by a sec
 fine-tuned by a few L-BFGS steps. Set `NEURAL_OT_SMALL=1` for the test-suite sizes."""),
 ("code", """import os, tempfile
 import jax, jax.numpy as jnp, numpy as np
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import neural_ot
 from neural_ot import data
@@ -35,12 +33,15 @@ axes[0].scatter(*np.asarray(tx).T, s=3, c="tab:green", label="T(x)")
 axes[0].set_title("forward: T(x) = grad f(x)")
 idx = np.arange(0, len(x), 8)
 d = np.asarray(tx - x)
-axes[1].quiver(*np.asarray(x[idx]).T, *d[idx].T, angles="xy", scale_units="xy", scale=1, width=0.003)
-axes[1].set_title("displacements")
+axes[1].quiver(*np.asarray(x[idx]).T, *d[idx].T, angles="xy", scale_units="xy", scale=1, width=0.003,
+               label="displacement T(x) - x")
+axes[1].set_title("displacements x -> T(x)")
 axes[2].scatter(*np.asarray(x).T, s=3, c="tab:blue", label="source x")
 axes[2].scatter(*np.asarray(iy).T, s=3, c="tab:purple", label="T^-1(y)")
 axes[2].set_title("inverse: argmax_x <x, y> - f(x)")
-for ax in axes: ax.set_aspect("equal"); ax.legend(loc="upper right", fontsize=7)
+for ax in axes:
+    ax.set_aspect("equal"); ax.legend(loc="upper right", fontsize=7)
+    ax.set_xlabel("first coordinate"); ax.set_ylabel("second coordinate")
 fig.tight_layout()"""),
 ("md", """## A warped grid
 The map is the gradient of a convex function, so it never folds: grid lines do not cross."""),

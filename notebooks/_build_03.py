@@ -12,8 +12,6 @@ prediction vs from a cold start, and the conjugate error after k steps. Set
 `NEURAL_OT_SMALL=1` for the test-suite sizes."""),
 ("code", """import os
 import jax, jax.numpy as jnp, numpy as np
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import neural_ot
 from neural_ot import data
@@ -22,9 +20,10 @@ from neural_ot.conjugate import ConjugateSolver
 SMALL = os.environ.get("NEURAL_OT_SMALL") == "1"
 steps = 300 if SMALL else 3000
 mp = neural_ot.fit_w2(data.eight_gaussians, data.SAMPLERS["normal"], steps=steps, progress=False)
+# fit_w2 trains in a standardised frame (mp.frame); the conjugate problems live there.
 f = mp.trainer.potential_fn(mp.params["f"])
-y = jax.random.normal(jax.random.PRNGKey(3), (1000, 2))
-x_pred = mp.inverse(y, finetune_iters=0)          # the amortized prediction alone
+y = mp.frame.astype(jnp.float32).to_target(data.SAMPLERS["normal"](jax.random.PRNGKey(3), 1000))
+x_pred = mp.trainer.predict(mp.params["g"], y)    # the amortized prediction alone
 ref = ConjugateSolver(tol=1e-5, max_iters=200)(f, y, x_pred)   # reference argmax
 print("reference solve: max |grad f(x) - y| =", float(ref.grad_norm.max()))"""),
 ("md", """## Iterations to reach a tolerance"""),

@@ -14,8 +14,6 @@ random known-map pair built in code (`w2bench.random_pair`) and says so.
 Set `NEURAL_OT_SMALL=1` for the test-suite sizes."""),
 ("code", """import os
 import jax, jax.numpy as jnp, numpy as np
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from neural_ot import w2bench
 from neural_ot.w2bench.runner import run_method

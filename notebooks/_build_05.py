@@ -11,8 +11,6 @@ Cohen, Luise, Redko, ICML 2023). g follows by one exact c-transform, and the pre
 warm-starts `neural_ot.sinkhorn`. Set `NEURAL_OT_SMALL=1` for the test-suite sizes."""),
 ("code", """import os
 import jax, jax.numpy as jnp, numpy as np
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import neural_ot
 from neural_ot.meta import digits_histograms, fit_meta, gaussian_init, grid
