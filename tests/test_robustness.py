@@ -284,14 +284,8 @@ def test_online_false_with_sharded_inputs_is_refused(monkeypatch):
 
 
 def _save_atomic_impls():
-  from neural_ot.w2 import checkpoint
-  impls = [checkpoint.save_atomic]
-  try:
-    from neural_ot import io
-    impls.append(io.save_atomic)
-  except ImportError:
-    pass
-  return impls
+  from neural_ot import io
+  return [io.save_atomic]
 
 
 @pytest.mark.parametrize("save_atomic", _save_atomic_impls())
