@@ -233,8 +233,9 @@ def _summarise(mp, x, y, seconds, steps):
       "divergence_after": "divergence between T(source) and target; good: far below "
                           "divergence_before, near divergence_noise_floor",
       "divergence_inverse": "divergence between T^-1(target) and source; good: as for after",
-      "divergence_noise_floor": "divergence between two halves of the target sample, from "
-                                "sampling noise alone; a perfect map scores about this",
+      "divergence_noise_floor": "divergence between two halves of the target sample: "
+                                "sampling noise alone (at half the sample size, so a perfect "
+                                "map scores somewhat below it)",
       "epsilon": "entropic regularisation of the divergences above (0.002 x the mean cost "
                  "between source and target)",
       "train_seconds": "wall-clock training time, compilation included",
