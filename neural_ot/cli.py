@@ -301,7 +301,9 @@ def _fit(args) -> int:
     opts["steps"] = 2000
   if args.minutes is not None:
     opts["max_seconds"] = 60.0 * args.minutes
-  opts["batch_size"] = min(opts["batch_size"], len(x), len(y))
+  if opts["batch_size"] is not None:  # the rows fit_w2 trains on (it holds some out)
+    from neural_ot.w2.fit import training_rows  # pylint: disable=import-outside-toplevel
+    opts["batch_size"] = min(opts["batch_size"], training_rows(len(x)), training_rows(len(y)))
   ckpt_dir = os.path.join(args.out, "checkpoints")
   ckpt = os.path.join(ckpt_dir, "checkpoint.msgpack")
   if os.path.isfile(ckpt) and not args.restart:

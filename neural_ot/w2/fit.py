@@ -32,7 +32,8 @@ from neural_ot.train import TrainingDivergedError
 from neural_ot.w2.maps import Frame, W2Map
 from neural_ot.w2.trainer import W2Trainer, as_config
 
-__all__ = ["fit_w2", "default_options", "PairSampler", "dual_w2", "TrainingDivergedError"]
+__all__ = ["fit_w2", "default_options", "training_rows", "PairSampler", "dual_w2",
+           "TrainingDivergedError"]
 
 _CKPT = "checkpoint.msgpack"
 _N_HELD_OUT = 4096
@@ -132,11 +133,18 @@ def _prepare(data, name: str, dtype, rng, seed):
     raise ValueError(f"fit_w2: `{name}` needs at least 2 samples, got {arr.shape[0]}.")
   tag = "array " + train.data_fingerprint(arr)
   perm = rng.permutation(arr.shape[0])
-  n_held = min(_N_HELD_OUT, arr.shape[0] // 5) if arr.shape[0] >= 50 else 0
+  n_held = arr.shape[0] - training_rows(arr.shape[0])
   held, rest = arr[perm[:n_held]], arr[perm[n_held:]]
   if n_held == 0:  # too few rows to hold any out: the estimate is in-sample (documented)
     held = rest
   return None, rest, rest[:_N_MOMENTS], held, tag
+
+
+def training_rows(n: int) -> int:
+  """How many of ``n`` array rows ``fit_w2`` trains on: it holds out ``min(4096, n // 5)``
+  at random for the W2 estimate when ``n >= 50`` (fewer rows: none, the estimate is then
+  in-sample)."""
+  return n - (min(_N_HELD_OUT, n // 5) if n >= 50 else 0)
 
 
 def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | None = None,
