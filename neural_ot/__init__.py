@@ -1,8 +1,8 @@
 """neural_ot: neural and entropic optimal transport in JAX."""
 
 from neural_ot.geometry import Cosine, Cost, FunctionCost, PNorm, PointCloud, SqEuclidean
-from neural_ot.sinkhorn import (Sinkhorn, SinkhornOutput, SinkhornState, dual_objective,
-                                sinkhorn, sinkhorn_batch, sinkhorn_divergence)
+from neural_ot.sinkhorn import (ImplicitDiff, Sinkhorn, SinkhornOutput, SinkhornState, Unrolled,
+                                dual_objective, sinkhorn, sinkhorn_batch, sinkhorn_divergence)
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ def __getattr__(name):
 
 __all__ = [
     "Cosine", "Cost", "FunctionCost", "PNorm", "PointCloud", "SqEuclidean",
-    "Sinkhorn", "SinkhornOutput", "SinkhornState", "dual_objective", "sinkhorn",
+    "ImplicitDiff", "Sinkhorn", "SinkhornOutput", "SinkhornState", "Unrolled", "dual_objective",
+    "sinkhorn",
     "sinkhorn_batch", "sinkhorn_divergence", *_LAZY,
 ]

@@ -65,28 +65,38 @@ def check_points(x, name: str):
 MASS_TOL = 1e-4
 
 
-def check_weights(w, n: int, name: str, points_name: str, balanced: bool, dtype):
+def check_weights(w, n: int, name: str, points_name: str, balanced: bool, dtype,
+                  batch: int | None = None):
   """Concrete weights: finite, non-negative, positive mass and (balanced) a total within
-  ``MASS_TOL`` of one. Traced weights are checked on device instead (``diverged``)."""
+  ``MASS_TOL`` of one; ``(n,)``, or ``(batch, n)`` with one vector per problem (each checked,
+  errors name the problem). Traced weights are checked on device instead (``diverged``)."""
+  shape = (n,) if batch is None else (batch, n)
   if w is None:
-    return jnp.full((n,), 1.0 / n, dtype)
-  w = as_float_array(w, name, ndim=1)
-  if w.shape[0] != n:
-    raise ValueError(
-        f"`{name}` must have shape ({n},) to match `{points_name}`, got {tuple(w.shape)}.")
+    return jnp.full(shape, 1.0 / n, dtype)
+  w = as_float_array(w, name, ndim=len(shape))
+  if w.shape != shape:
+    why = f"to match `{points_name}`" if batch is None else "(one weight vector per problem)"
+    raise ValueError(f"`{name}` must have shape {shape} {why}, got {tuple(w.shape)}.")
   if is_concrete(w):
     check_finite(w, name)
-    wn = np.asarray(w)
-    if np.any(wn < 0):
-      raise ValueError(f"`{name}` must be non-negative, got min {float(np.min(wn)):.3g}.")
-    total = float(np.sum(wn, dtype=np.float64))
-    if total <= 0:
-      raise ValueError(f"`{name}` must have positive total mass, got {total:.3g}.")
-    if balanced and abs(total - 1.0) > MASS_TOL:
+    wn = np.asarray(w, np.float64).reshape(-1, n)
+    mins, totals = wn.min(axis=1), wn.sum(axis=1)
+    has = lambda i: ", got" if batch is None else f"; problem {i} has"
+    every = "" if batch is None else " in every problem"
+    if np.any(mins < 0):
+      i = int(np.argmin(mins))
+      raise ValueError(f"`{name}` must be non-negative{has(i)} min {mins[i]:.3g}.")
+    if np.any(totals <= 0):
+      i = int(np.argmin(totals))
+      raise ValueError(f"`{name}` must have positive total mass{every}{has(i)} {totals[i]:.3g}.")
+    gaps = np.abs(totals - 1.0)
+    if balanced and np.any(gaps > MASS_TOL):
+      i = int(np.argmax(gaps))
+      sums = ", got" if batch is None else f"; problem {i} sums to"
       raise ValueError(
-          f"`{name}` must sum to 1 for a balanced problem, got {total:.6g} (off by "
-          f"{abs(total - 1.0):.3g}; totals within {MASS_TOL:g} of 1 are normalised, larger "
-          "gaps are refused): normalise it, or set rho_a/rho_b for unbalanced OT.")
+          f"`{name}` must sum to 1{every} for a balanced problem{sums} {totals[i]:.6g} (off by "
+          f"{gaps[i]:.3g}; totals within {MASS_TOL:g} of 1 are normalised, larger gaps are "
+          "refused): normalise it, or set rho_a/rho_b for unbalanced OT.")
   return w.astype(dtype)
 
 
@@ -164,15 +174,15 @@ def _is_real(v) -> bool:
 
 
 def check_config(solver):
-  for name in ("tol", "epsilon_init_factor", "epsilon_decay", "cg_tol", "ridge"):
+  for name in ("tol", "epsilon_init_factor", "epsilon_decay"):
     v = getattr(solver, name)
     if not (_is_real(v) and np.isfinite(v)):
       raise TypeError(f"`{name}` must be a real number, got {type(v).__name__} {v!r}.")
-  for name in ("max_iters", "cg_maxiter"):
+  for name in ("max_iters",):
     v = getattr(solver, name)
     if not (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1):
       raise ValueError(f"`{name}` must be a positive int, got {v!r}.")
-  for name in ("relative_epsilon", "implicit_diff", "record_errors"):
+  for name in ("relative_epsilon", "record_errors"):
     if not isinstance(getattr(solver, name), (bool, np.bool_)):
       raise TypeError(f"`{name}` must be True or False, got {getattr(solver, name)!r}.")
   if not (_is_real(solver.tol) and solver.tol > 0):

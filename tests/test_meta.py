@@ -7,11 +7,12 @@ import pytest
 
 import neural_ot
 from neural_ot.meta import (c_transform, dual_value, fit_meta, gaussian_init,
-                            gaussian_mixture_histograms, grid, load_meta)
+                            gaussian_mixture_histograms, geometry, grid, load_meta)
 
 SIZE, EPS = 8, 0.01
 X = grid(SIZE)
 C = jnp.sum((X[:, None] - X[None]) ** 2, -1)
+GEOM = geometry(X)
 
 
 def pairs(k, n):
@@ -35,13 +36,46 @@ def test_c_transform_makes_the_column_marginal_exact_and_dual_matches_sinkhorn()
   a, b = pairs(jax.random.PRNGKey(0), 1)
   a, b = a[0], b[0]
   f = jax.random.normal(jax.random.PRNGKey(1), a.shape) * 0.05
-  g = c_transform(f, a, C, EPS)
+  g = c_transform(f, a, GEOM, EPS)
   plan = a[:, None] * b[None] * jnp.exp((f[:, None] + g[None] - C) / EPS)
   np.testing.assert_allclose(plan.sum(0), b, rtol=1e-4)
   out = neural_ot.sinkhorn(X, X, a, b, epsilon=EPS, tol=1e-6, max_iters=5000)
   # At the solver's optimum the dual equals its entropic cost; any other f is below (weak duality).
-  np.testing.assert_allclose(dual_value(out.f, a, b, C, EPS), out.reg_ot_cost, rtol=1e-4)
-  assert float(dual_value(f, a, b, C, EPS)) < float(out.reg_ot_cost)
+  np.testing.assert_allclose(dual_value(out.f, a, b, GEOM, EPS), out.reg_ot_cost, rtol=1e-4)
+  assert float(dual_value(f, a, b, GEOM, EPS)) < float(out.reg_ot_cost)
+
+
+def test_c_transform_and_dual_are_the_solvers():
+  """The public Meta OT names are thin wrappers of the solver's c-transform and dual."""
+  a, b = pairs(jax.random.PRNGKey(2), 1)
+  a, b = a[0].at[3].set(0.0), b[0]  # a zero bin is no mass, not a NaN
+  a = a / a.sum()
+  f = jax.random.normal(jax.random.PRNGKey(3), a.shape) * 0.05
+  g = c_transform(f, a, GEOM, EPS)
+  np.testing.assert_array_equal(g, neural_ot.Sinkhorn().c_transform(GEOM, a, f, EPS))
+  # against a dense log-sum-exp computed here, and the solver's full three-term dual
+  ref = -EPS * jax.nn.logsumexp((f[:, None] - C) / EPS, b=a[:, None], axis=0)
+  np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
+  full = neural_ot.dual_objective(GEOM, a, b, f, g, EPS)
+  np.testing.assert_allclose(dual_value(f, a, b, GEOM, EPS), full, rtol=1e-5)
+  np.testing.assert_allclose(dual_value(f, a, b, GEOM, EPS), f @ a + g @ b, rtol=1e-5)
+  with pytest.raises(TypeError, match="`geom` must be a neural_ot.PointCloud"):
+    c_transform(f, a, C, EPS)
+
+
+def test_fit_meta_trains_on_histograms_with_zero_bins():
+  """The network reads log-weights; zero bins are floored inside it (training and predict)."""
+  def sparse_pairs(k, n):
+    a, b = pairs(k, n)
+    a = jnp.where(a < 1e-3, 0.0, a)  # many empty bins
+    return a / a.sum(-1, keepdims=True), b
+  a0, _ = sparse_pairs(jax.random.PRNGKey(0), 4)
+  assert float(jnp.mean(a0 == 0)) > 0.1
+  m = fit_meta(sparse_pairs, X, EPS, steps=20, batch_size=8, hidden=(32,), progress=False,
+               log_every=5)
+  assert all(np.isfinite(h["dual"]) for h in m.history) and len(m.history) >= 4
+  f, g = m.predict(*sparse_pairs(jax.random.PRNGKey(7), 3))
+  assert bool(jnp.all(jnp.isfinite(f))) and bool(jnp.all(jnp.isfinite(g)))
 
 
 def test_gaussian_initializer_warm_start_helps_on_gaussian_blobs():
@@ -54,10 +88,10 @@ def test_gaussian_initializer_warm_start_helps_on_gaussian_blobs():
 def test_meta_prediction_beats_zeros_and_keeps_final_accuracy(model):
   a, b = pairs(jax.random.PRNGKey(10 ** 6), 20)  # held out: the training stream never uses it
   f, g = model.predict(a, b)
-  duals = jax.vmap(lambda f, a, b: dual_value(f, a, b, C, EPS))(f, a, b)
-  zero_duals = jax.vmap(lambda a, b: dual_value(jnp.zeros(SIZE ** 2), a, b, C, EPS))(a, b)
+  duals = jax.vmap(lambda f, a, b: dual_value(f, a, b, GEOM, EPS))(f, a, b)
+  zero_duals = jax.vmap(lambda a, b: dual_value(jnp.zeros(SIZE ** 2), a, b, GEOM, EPS))(a, b)
   assert bool(jnp.all(jnp.isfinite(duals))) and bool(jnp.all(duals >= zero_duals))
-  np.testing.assert_allclose(g[0], c_transform(f[0], a[0], C, EPS), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(g[0], c_transform(f[0], a[0], GEOM, EPS), rtol=1e-5, atol=1e-7)
   for tol in (1e-2, 1e-4):
     meta = [_iters(a[i], b[i], f[i], tol) for i in range(20)]
     zeros = [_iters(a[i], b[i], None, tol) for i in range(20)]

@@ -225,7 +225,9 @@ def test_zero_weight_points_whose_kernel_overflows_give_finite_costs_and_gradien
   np.testing.assert_allclose(div, 2.0, rtol=1e-5)  # one point moved by (1, 1)
   for implicit in (True, False):
     gx, ga = jax.grad(lambda x, a: neural_ot.sinkhorn(
-        x, x + 1.0, a, a, epsilon=0.1, implicit_diff=implicit).reg_ot_cost, argnums=(0, 1))(x, a)
+        x, x + 1.0, a, a, epsilon=0.1,
+        adjoint=neural_ot.ImplicitDiff() if implicit else neural_ot.Unrolled()).reg_ot_cost,
+        argnums=(0, 1))(x, a)
     assert bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.all(jnp.isfinite(ga)))
     np.testing.assert_allclose(gx, 0.0, atol=1e-4)  # a pure translation: no gradient in x
 
@@ -239,12 +241,19 @@ def test_type_errors_name_the_argument():
       (dict(epsilon=True), TypeError, "`epsilon` must be a real number"),
       (dict(epsilon=0.1 + 1j), TypeError, "`epsilon` must be a real number"),
       (dict(epsilon_init_factor="a"), TypeError, "`epsilon_init_factor`"),
+      (dict(adjoint="yes"), TypeError, "`adjoint` must be"),
       (dict(implicit_diff="yes"), TypeError, "`implicit_diff`"),
   ]:
     args = dict(x=x, epsilon=0.1)
     args.update(kwargs)
     with pytest.raises(exc, match=match):
       neural_ot.sinkhorn(args.pop("x"), x, **args)
+  with pytest.raises(ValueError, match="ImplicitDiff: `max_iters` must be a positive int"):
+    neural_ot.ImplicitDiff(max_iters=0)
+  with pytest.warns(DeprecationWarning, match="adjoint=Unrolled"):  # old keywords still work
+    old = neural_ot.sinkhorn(x, x + 1.0, epsilon=0.5, implicit_diff=False, max_iters=300)
+  new = neural_ot.sinkhorn(x, x + 1.0, epsilon=0.5, adjoint=neural_ot.Unrolled(), max_iters=300)
+  assert bool(new.converged) and float(old.reg_ot_cost) == float(new.reg_ot_cost)
 
 
 # --- 6. silent surprises -------------------------------------------------------------------

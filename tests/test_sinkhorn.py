@@ -249,7 +249,8 @@ def test_other_costs_match_pot(cost):
 def test_gradients_match_finite_differences(x64, implicit):
   x, y, a, b = _problem(12, 10, 2)
   x, y, a, b = (v.astype(jnp.float64) for v in (x, y, a, b))
-  kw = dict(epsilon=0.2, tol=1e-10, implicit_diff=implicit, max_iters=3000, momentum=1.0)
+  kw = dict(epsilon=0.2, tol=1e-10, max_iters=3000, momentum=1.0,
+            adjoint=neural_ot.ImplicitDiff() if implicit else neural_ot.Unrolled())
 
   def loss(x, a):
     return neural_ot.sinkhorn(x, y, a, b, **kw).reg_ot_cost
@@ -274,7 +275,8 @@ def test_gradient_of_potentials_and_divergence(x64):
   w = jax.random.normal(jax.random.PRNGKey(1), (10,), jnp.float64)
 
   def pot_loss(y, implicit):
-    f = neural_ot.sinkhorn(x, y, a, b, implicit_diff=implicit, **kw).f
+    adjoint = neural_ot.ImplicitDiff() if implicit else neural_ot.Unrolled()
+    f = neural_ot.sinkhorn(x, y, a, b, adjoint=adjoint, **kw).f
     return jnp.vdot(w, f - f.mean())
 
   gi = jax.grad(pot_loss)(y, True)

@@ -21,10 +21,12 @@ import numpy as np
 import optax
 
 from neural_ot import _validation, io, train
-from neural_ot.geometry import SqEuclidean
+from neural_ot.geometry import PointCloud, SqEuclidean
+from neural_ot.sinkhorn import Sinkhorn, dual_objective
 from neural_ot.train import TrainState, cosine_schedule
 
-__all__ = ["MetaOT", "MetaTrainer", "fit_meta", "load_meta", "c_transform", "dual_value", "gaussian_init"]
+__all__ = ["MetaOT", "MetaTrainer", "fit_meta", "load_meta", "c_transform", "dual_value",
+           "gaussian_init", "geometry"]
 
 _FORMAT = "neural_ot.MetaOT/1"
 
@@ -35,25 +37,50 @@ class _Net(nn.Module):
 
   @nn.compact
   def __call__(self, a, b):
+    # The network reads log-weights: a zero bin (accepted by the input checks) would be
+    # log 0 = -inf and NaN potentials and gradients, in prediction and in training. Floored
+    # below the 1e-6 floor of the training families (meta.data), positive inputs are unchanged;
+    # the c-transform and the dual keep the true weights (a zero bin carries no mass there).
+    a, b = jnp.maximum(a, _NET_FLOOR), jnp.maximum(b, _NET_FLOOR)
     z = jnp.concatenate([jnp.log(a * self.n), jnp.log(b * b.shape[-1])], -1)
     for w in self.hidden:
       z = jax.nn.gelu(nn.Dense(w)(z))
     return nn.Dense(self.n, kernel_init=nn.initializers.zeros)(z)  # zeros at init
 
 
-def _cost(x):
-  x = jnp.asarray(x)
-  return SqEuclidean().pairwise(x, x)
+_NET_FLOOR = 1e-7
 
 
-def c_transform(f, a, cost, eps):
-  """Exact Sinkhorn half-step: ``g_j = -eps log sum_i a_i exp((f_i - C_ij) / eps)``."""
-  return -eps * jax.nn.logsumexp((f[:, None] - cost) / eps, b=a[:, None], axis=0)
+def geometry(support) -> PointCloud:
+  """The geometry of histograms on ``support: (n, d)``: cost ``|x_i - x_j|^2``, dense."""
+  support = jnp.asarray(support)
+  return PointCloud.create(support, support, SqEuclidean(), online=False)
 
 
-def dual_value(f, a, b, cost, eps):
-  """Entropic dual ``<f, a> + <g, b>`` with ``g`` the c-transform of ``f`` (mass term is 0)."""
-  return jnp.dot(f, a) + jnp.dot(c_transform(f, a, cost, eps), b)
+def _as_geometry(geom, caller):
+  if not isinstance(geom, PointCloud):
+    raise TypeError(f"{caller}: `geom` must be a neural_ot.PointCloud (e.g. "
+                    "neural_ot.meta.geometry(support)), got "
+                    f"{type(geom).__name__}{getattr(geom, 'shape', '')}.")
+  return geom
+
+
+def c_transform(f, a, geom, eps):
+  """Exact Sinkhorn half-step ``g_j = -eps log sum_i a_i exp((f_i - C_ij) / eps)``: the
+  solver's :meth:`~neural_ot.Sinkhorn.c_transform` (the geometry's log-sum-exp).
+
+  Args:
+    f: ``(n,)`` potential. a: ``(n,)`` weights. geom: a :class:`~neural_ot.PointCloud`
+      (:func:`geometry` of the support). eps: absolute regularisation.
+  """
+  geom = _as_geometry(geom, "c_transform")
+  return Sinkhorn().c_transform(geom, a, f, eps)
+
+
+def dual_value(f, a, b, geom, eps):
+  """Entropic dual at ``(f, g)``, ``g`` the c-transform of ``f``: ``<f, a> + <g, b>`` for
+  normalised weights. This is the solver's :func:`~neural_ot.dual_objective` with ``g=None``."""
+  return dual_objective(_as_geometry(geom, "dual_value"), a, b, f, None, eps)
 
 
 def gaussian_init(x, a, b):
@@ -134,19 +161,11 @@ def _potential(net, params, a, b, support, base):
   return f
 
 
-# The network reads log-weights: a zero bin (accepted by the input check) would be log 0 =
-# -inf and NaN potentials. It sees weights floored here, below the 1e-6 floor of the
-# training histograms (meta.data), so positive inputs are unchanged; the c-transform keeps
-# the true weights (a zero bin simply carries no mass there).
-_NET_FLOOR = 1e-7
-
-
 def _predict_impl(net, params, a, b, support, eps, base):
-  cost = _cost(support)
+  geom = geometry(support)
   def one(a, b):
-    f = _potential(net, params, jnp.maximum(a, _NET_FLOOR), jnp.maximum(b, _NET_FLOOR),
-                   support, base)
-    return f, c_transform(f, a, cost, eps)
+    f = _potential(net, params, a, b, support, base)
+    return f, c_transform(f, a, geom, eps)
   return one(a, b) if a.ndim == 1 else jax.vmap(one)(a, b)
 
 
@@ -185,9 +204,9 @@ class MetaTrainer:
 
   def step(self, state: TrainState, batch):
     a, b, support = batch
-    cost = _cost(support)
+    geom = geometry(support)
     loss_fn = lambda p: -jnp.mean(jax.vmap(lambda a, b: dual_value(
-        _potential(self.net, p, a, b, support, self.base), a, b, cost, self.epsilon))(a, b))
+        _potential(self.net, p, a, b, support, self.base), a, b, geom, self.epsilon))(a, b))
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optax.adam(1.0).update(grads, state.opt_state, state.params)
     lr = cosine_schedule(state.step, state.horizon, self.learning_rate, warmup=0)

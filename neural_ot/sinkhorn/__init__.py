@@ -1,9 +1,10 @@
 """Entropic optimal transport between point clouds."""
 
+from neural_ot.sinkhorn.adjoint import ImplicitDiff, Unrolled
 from neural_ot.sinkhorn.batch import sinkhorn_batch
 from neural_ot.sinkhorn.divergence import sinkhorn_divergence
 from neural_ot.sinkhorn.output import SinkhornOutput
 from neural_ot.sinkhorn.solver import Sinkhorn, SinkhornState, dual_objective, sinkhorn
 
-__all__ = ["Sinkhorn", "SinkhornOutput", "SinkhornState", "dual_objective", "sinkhorn",
-           "sinkhorn_batch", "sinkhorn_divergence"]
+__all__ = ["ImplicitDiff", "Sinkhorn", "SinkhornOutput", "SinkhornState", "Unrolled",
+           "dual_objective", "sinkhorn", "sinkhorn_batch", "sinkhorn_divergence"]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from neural_ot import _validation
-from neural_ot.geometry.pointcloud import PointCloud, check_mesh_axis
+from neural_ot.geometry.pointcloud import check_mesh_axis
 from neural_ot.sinkhorn.output import SinkhornOutput
-from neural_ot.sinkhorn.solver import make_solver
+from neural_ot.sinkhorn.solver import make_solver, solve_points
 
 __all__ = ["sinkhorn_batch"]
 
@@ -27,40 +26,14 @@ def _check_batch(x, y, a, b, epsilon, balanced):
   _validation.check_finite(y, "y")
   dtype = jnp.promote_types(x.dtype, y.dtype)
   batch = x.shape[0]
-  weights = []
-  for w, k, name in ((a, x.shape[1], "a"), (b, y.shape[1], "b")):
-    if w is None:
-      weights.append(jnp.full((batch, k), 1.0 / k, dtype))
-      continue
-    w = _validation.as_float_array(w, name, ndim=2)
-    if w.shape != (batch, k):
-      raise ValueError(f"`{name}` must have shape {(batch, k)} (one weight vector per problem), "
-                       f"got {tuple(w.shape)}.")
-    if _validation.is_concrete(w):
-      wn = np.asarray(w, np.float64)
-      _validation.check_finite(wn, name)
-      if np.any(wn < 0):
-        i = int(np.argmin(wn.min(axis=1)))
-        raise ValueError(f"`{name}` must be non-negative; problem {i} has min {wn[i].min():.3g}.")
-      tot = wn.sum(axis=1)
-      if np.any(tot <= 0):
-        raise ValueError(f"`{name}` must have positive mass in every problem; problem "
-                         f"{int(np.argmin(tot))} has {tot.min():.3g}.")
-      if balanced and np.any(np.abs(tot - 1.0) > _validation.MASS_TOL):
-        i = int(np.argmax(np.abs(tot - 1.0)))
-        raise ValueError(f"`{name}` must sum to 1 in every problem for a balanced solve; "
-                         f"problem {i} sums to {tot[i]:.6g} (off by {abs(tot[i] - 1.0):.3g}; "
-                         f"totals within {_validation.MASS_TOL:g} of 1 are normalised).")
-    weights.append(w.astype(dtype))
+  a = _validation.check_weights(a, x.shape[1], "a", "x", balanced, dtype, batch=batch)
+  b = _validation.check_weights(b, y.shape[1], "b", "y", balanced, dtype, batch=batch)
   eps = jnp.asarray(_validation.check_epsilon_batch(epsilon, batch), dtype)
-  return x.astype(dtype), y.astype(dtype), weights[0], weights[1], jnp.broadcast_to(eps, (batch,))
+  return x.astype(dtype), y.astype(dtype), a, b, jnp.broadcast_to(eps, (batch,))
 
 
 def _solve_many(solver, x, y, a, b, eps):
-  def one(x, y, a, b, e):
-    geom = PointCloud.create(x, y, solver.cost, solver.online, solver.tile_size)
-    return solver.solve(geom, a, b, e)
-  return jax.vmap(one)(x, y, a, b, eps)
+  return jax.vmap(lambda *args: solve_points(solver, *args))(x, y, a, b, eps)
 
 
 def _entry(solver, mesh, axis_name, x, y, a, b, eps):

@@ -7,21 +7,19 @@ import dataclasses
 import jax
 
 from neural_ot import _validation
-from neural_ot.sinkhorn.solver import Sinkhorn, make_solver
+from neural_ot.sinkhorn.solver import Sinkhorn, make_solver, solve_points
 
 __all__ = ["sinkhorn_divergence"]
 
 
 def _divergence(solver: Sinkhorn, x, y, a, b, epsilon):
-  gxy, ap, bp, _, _ = solver.geometry(x, y, a, b)
-  if solver.relative_epsilon:
+  if solver.relative_epsilon:  # one epsilon for all three: relative to the x-y mean cost
+    gxy, ap, bp, _, _ = solver.geometry(x, y, a, b)
     epsilon = epsilon * jax.lax.stop_gradient(gxy.mean_cost(ap, bp))
   absolute = dataclasses.replace(solver, relative_epsilon=False)
-  oxy = absolute.solve(gxy, ap, bp, epsilon)
-  gxx, ap, _, _, _ = solver.geometry(x, x, a, a)
-  oxx = absolute.solve(gxx, ap, ap, epsilon)
-  gyy, bp, _, _, _ = solver.geometry(y, y, b, b)
-  oyy = absolute.solve(gyy, bp, bp, epsilon)
+  oxy = solve_points(absolute, x, y, a, b, epsilon)
+  oxx = solve_points(absolute, x, x, a, a, epsilon)
+  oyy = solve_points(absolute, y, y, b, b, epsilon)
   div = oxy.reg_ot_cost - 0.5 * (oxx.reg_ot_cost + oyy.reg_ot_cost)
   return div, (oxy, oxx, oyy)
 
@@ -40,7 +38,8 @@ def sinkhorn_divergence(x, y, a=None, b=None, *, epsilon, return_outputs: bool =
 
   Args:
     x, y, a, b, epsilon: as :func:`neural_ot.sinkhorn`.
-    return_outputs: also return the three :class:`SinkhornOutput` s.
+    return_outputs: also return the three :class:`SinkhornOutput` s (``xy``, ``xx``, ``yy``),
+      trimmed to the input point counts like :func:`neural_ot.sinkhorn`'s.
     **kwargs: :class:`Sinkhorn` options (``tol``, ``max_iters``, ``cost``, ...).
       Balanced only.
 

@@ -12,7 +12,10 @@ from neural_ot.geometry.pointcloud import PointCloud
 __all__ = ["SinkhornOutput"]
 
 
-def _safe_log(w):
+def safe_log(w):
+  """``log(w)`` with ``-inf`` at zero weights and no NaN gradient there: folding a weight into
+  a potential (``f + eps log a``) then gives a zero-weight point no mass (the solver's one
+  definition)."""
   return jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
 
 
@@ -79,8 +82,8 @@ class SinkhornOutput(NamedTuple):
     # A sharded solve may have padded the geometry with zero-weight points:
     # pad the potentials to match (folded value -inf: they drop out).
     n, m = self.geom.shape
-    return (_fit(self.f + self.epsilon * _safe_log(self.a), n, -jnp.inf),
-            _fit(self.g + self.epsilon * _safe_log(self.b), m, -jnp.inf))
+    return (_fit(self.f + self.epsilon * safe_log(self.a), n, -jnp.inf),
+            _fit(self.g + self.epsilon * safe_log(self.b), m, -jnp.inf))
 
   def apply(self, vec: jax.Array, axis: int = 1) -> jax.Array:
     """``P @ vec`` (``axis=1``, vec ``(m,)`` or ``(m, k)``) or ``P.T @ vec``

@@ -32,9 +32,11 @@ from neural_ot import _ott, _validation
 from neural_ot import sharding as sharding_lib
 from neural_ot.geometry import costs as costs_lib
 from neural_ot.geometry.pointcloud import PointCloud, check_mesh_axis
-from neural_ot.sinkhorn.output import SinkhornOutput
+from neural_ot.sinkhorn import adjoint as adjoint_lib
+from neural_ot.sinkhorn.adjoint import ImplicitDiff, Unrolled
+from neural_ot.sinkhorn.output import SinkhornOutput, safe_log
 
-__all__ = ["Sinkhorn", "SinkhornState", "sinkhorn", "dual_objective"]
+__all__ = ["Sinkhorn", "SinkhornState", "sinkhorn", "dual_objective", "solve_points"]
 
 _WARMUP = 20  # plain iterations before adaptive momentum kicks in
 _SPAN = 10  # iterations over which the plain convergence rate is measured
@@ -107,10 +109,6 @@ def _as_cost(cost):
   return costs_lib.as_cost(cost)
 
 
-def _safe_log(w):
-  return jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
-
-
 def _tau(rho, eps):
   return 1.0 if rho is None else rho / (rho + eps)
 
@@ -120,14 +118,22 @@ def dual_objective(geom: PointCloud, a, b, f, g, eps, rho_a=None, rho_b=None):
 
   Balanced: ``<f, a> + <g, b> - eps (sum_ij P_ij - |a| |b|)``; unbalanced
   terms ``-rho <a, exp(-f / rho) - 1>`` replace ``<f, a>`` (and likewise for g).
+  ``g=None`` (balanced only) takes ``g`` as the exact c-transform of ``f``
+  (:meth:`Sinkhorn.c_transform`): every column of the plan then sums to ``b_j``, so the
+  plan's mass is ``|b|`` in closed form (the semi-dual: one reduction instead of three).
   """
+  if g is None:
+    if rho_a is not None or rho_b is not None:
+      raise ValueError("dual_objective: g=None (the c-transform of f) is balanced only.")
+    g = Sinkhorn().c_transform(geom, a, f, eps)
+    return jnp.sum(a * f) + jnp.sum(b * g) + eps * jnp.sum(b) * (jnp.sum(a) - 1.0)
   # mass = sum_ij a_i b_j exp((f_i + g_j - C_ij)/eps), with the weights folded into the
   # potentials: a zero-weight point's potential is unconstrained and its kernel entries can
   # overflow (inf * 0 = NaN); folded, they are exp(-inf) = 0. The folded log has no
   # derivative at a zero weight, so the exact one (a row or column sum over the points
   # that have mass, bounded) is added as a term whose value is zero.
   sg = jax.lax.stop_gradient
-  u, v = f + eps * _safe_log(a), g + eps * _safe_log(b)
+  u, v = f + eps * safe_log(a), g + eps * safe_log(b)
   mass = jnp.sum(geom.apply_plan(u, v, eps, jnp.ones(b.shape, b.dtype), axis=1))
   row = sg(geom.apply_plan(f, v, eps, jnp.ones(b.shape, b.dtype), axis=1))
   col = sg(geom.apply_plan(u, g, eps, jnp.ones(a.shape, a.dtype), axis=0))
@@ -136,34 +142,6 @@ def dual_objective(geom: PointCloud, a, b, f, g, eps, rho_a=None, rho_b=None):
   fa = jnp.sum(a * f) if rho_a is None else -rho_a * jnp.sum(a * jnp.expm1(-f / rho_a))
   gb = jnp.sum(b * g) if rho_b is None else -rho_b * jnp.sum(b * jnp.expm1(-g / rho_b))
   return fa + gb - eps * (mass - jnp.sum(a) * jnp.sum(b))
-
-
-def _pcg(matvec, rhs, precond, tol, maxiter):
-  """Preconditioned conjugate gradient on pytrees (relative residual ``tol``)."""
-  dot = lambda u, v: sum(jnp.vdot(p, q) for p, q in zip(jax.tree.leaves(u), jax.tree.leaves(v)))
-  axpy = lambda al, u, v: jax.tree.map(lambda p, q: al * p + q, u, v)
-  x0 = jax.tree.map(jnp.zeros_like, rhs)
-  r0 = rhs
-  z0 = precond(r0)
-  bnorm2 = dot(rhs, rhs)
-
-  def cond(c):
-    _, r, _, _, k = c
-    return (dot(r, r) > (tol**2) * bnorm2) & (k < maxiter)
-
-  def body(c):
-    x, r, p, rz, k = c
-    ap = matvec(p)
-    alpha = rz / dot(p, ap)
-    x = axpy(alpha, p, x)
-    r = axpy(-alpha, ap, r)
-    z = precond(r)
-    rz_new = dot(r, z)
-    p = axpy(rz_new / rz, p, z)
-    return x, r, p, rz_new, k + 1
-
-  out = jax.lax.while_loop(cond, body, (x0, r0, z0, dot(r0, z0), 0))
-  return out[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,9 +164,11 @@ class Sinkhorn:
     momentum: over-relaxation ``omega`` in ``[1, 2)`` (1 is plain Sinkhorn),
       or ``"auto"``: plain for 20 iterations, then ``omega`` from the measured
       convergence rate (same fixed point, far fewer iterations at small eps).
-    implicit_diff: differentiate by implicit differentiation (custom root +
-      conjugate gradient, memory independent of iterations) if True, else by
-      unrolling all ``max_iters`` iterations.
+    adjoint: how gradients are computed: :class:`ImplicitDiff` (custom root +
+      conjugate gradient, memory independent of iterations; the default) or
+      :class:`Unrolled` (backpropagate through all ``max_iters`` iterations). The
+      deprecated ``implicit_diff``, ``cg_tol``, ``cg_maxiter`` and ``ridge`` options of
+      the functional entry points still map onto it, with a ``DeprecationWarning``.
     cost: a :class:`~neural_ot.geometry.costs.Cost`, name or callable. The
       solver is a static argument of ``jit`` and a callable compares by
       identity: pass one function object (an inline ``lambda`` per call
@@ -200,7 +180,6 @@ class Sinkhorn:
     tile_size: online block shape: ``(rows, cols)``, an int ``t`` (``t x t``) or None
       (``pointcloud.DEFAULT_TILE_SIZE``, measured on CPU; larger suits GPUs).
     record_errors: keep the per-iteration marginal errors in the output.
-    cg_tol, cg_maxiter, ridge: conjugate gradient settings for implicit diff.
     mesh: a :class:`jax.sharding.Mesh`: split both clouds (and potentials) in
       equal blocks over its devices and solve online with ring reductions (no
       device holds more than its blocks; no ``n x m`` array anywhere). Point
@@ -218,19 +197,17 @@ class Sinkhorn:
   epsilon_init_factor: float = 1.0
   epsilon_decay: float = 0.8
   momentum: float | str = "auto"
-  implicit_diff: bool = True
+  adjoint: ImplicitDiff | Unrolled = ImplicitDiff()
   cost: Any = None
   online: bool | None = None
   tile_size: Any = None
   record_errors: bool = False
-  cg_tol: float = 1e-6
-  cg_maxiter: int = 500
-  ridge: float = 1e-6
   mesh: Any = None
   axis_name: str | None = None
 
   def __post_init__(self):
     _validation.check_config(self)
+    adjoint_lib.check_adjoint(self.adjoint)
     object.__setattr__(self, "cost", _as_cost(self.cost))
     if self.mesh is not None:
       object.__setattr__(self, "axis_name", check_mesh_axis(self.mesh, self.axis_name))
@@ -252,12 +229,15 @@ class Sinkhorn:
     factor = self.epsilon_init_factor * self.epsilon_decay ** jnp.asarray(it).astype(eps.dtype)
     return eps * jnp.maximum(1.0, factor)
 
-  def _g_stable(self, geom, a, f, eps):
-    lse = geom.lse(f + eps * _safe_log(a), jnp.zeros(geom.shape[1], f.dtype), eps, axis=0)
+  def c_transform(self, geom: PointCloud, a, f, eps):
+    """The exact ``g``-update (stable log-sum-exp): ``g_j = -eps log sum_i a_i exp((f_i -
+    C_ij) / eps)``, times ``rho_b / (rho_b + eps)`` when unbalanced. Balanced, the plan of
+    ``(f, g)`` then has the column marginal ``b`` exactly."""
+    lse = geom.lse(f + eps * safe_log(a), jnp.zeros(geom.shape[1], f.dtype), eps, axis=0)
     return -_tau(self.rho_b, eps) * eps * lse
 
   def _f_stable(self, geom, b, g, eps):
-    lse = geom.lse(jnp.zeros(geom.shape[0], g.dtype), g + eps * _safe_log(b), eps, axis=1)
+    lse = geom.lse(jnp.zeros(geom.shape[0], g.dtype), g + eps * safe_log(b), eps, axis=1)
     return -_tau(self.rho_a, eps) * eps * lse
 
   def init(self, geom: PointCloud, a, b, eps, f0=None, g0=None) -> SinkhornState:
@@ -275,7 +255,7 @@ class Sinkhorn:
     warm = f0 is not None or g0 is not None
     if f0 is None:
       f0 = jnp.zeros(n, dtype) if g0 is None else self._f_stable(geom, b, g0, eps0)
-    g = self._g_stable(geom, a, f0, eps0)
+    g = self.c_transform(geom, a, f0, eps0)
     errors = jnp.full((self.max_iters if self.record_errors else 0,), -1.0, dtype)
     return SinkhornState(jnp.zeros((), jnp.int32), f0.astype(dtype), g.astype(dtype),
                          jnp.array(jnp.inf, dtype), jnp.array(False), errors,
@@ -296,7 +276,7 @@ class Sinkhorn:
     eps = jnp.asarray(eps, f.dtype)
     eps_t = self.epsilon_at(it, eps)
     # Row sums s_i = sum_j b_j exp((f_i + g_j - C_ij)/eps): the plan's row marginal / a.
-    s = geom.kernel_sum(f, g + eps_t * _safe_log(b), eps_t, axis=1)
+    s = geom.kernel_sum(f, g + eps_t * safe_log(b), eps_t, axis=1)
     target = 1.0 if self.rho_a is None else jnp.exp(-f / self.rho_a)
     # Full L1 error of the current plan: rows now, columns from the last step.
     err = jnp.sum(jnp.where(a > 0, a * jnp.abs(s - target), 0.0)) + col_err
@@ -305,7 +285,7 @@ class Sinkhorn:
       omega, err_ref = self._adapt_omega(it, err, omega, err_ref, eps_t, eps, warmup)
     f_hat = _tau(self.rho_a, eps_t) * (f - eps_t * jnp.log(jnp.clip(s, _S_MIN, _S_MAX)))
     f_new = f + omega * (f_hat - f)
-    t = geom.kernel_sum(f_new + eps_t * _safe_log(a), g, eps_t, axis=0)
+    t = geom.kernel_sum(f_new + eps_t * safe_log(a), g, eps_t, axis=0)
     g_hat = _tau(self.rho_b, eps_t) * (g - eps_t * jnp.log(jnp.clip(t, _S_MIN, _S_MAX)))
     g_new = g + omega * (g_hat - g)
     # Column ratio of the plan (f_new, g_new), exact and free: over-relaxation
@@ -364,7 +344,7 @@ class Sinkhorn:
     def body(st):
       return self.step(geom, a, b, eps, st)
 
-    if self.implicit_diff:
+    if isinstance(self.adjoint, ImplicitDiff):
       return jax.lax.while_loop(cond, body, state)
 
     def scan_body(st, _):
@@ -378,8 +358,8 @@ class Sinkhorn:
     """Gradient of the dual objective in (f, g): zero at the solution."""
     f, g = fg
     # Weights folded into the other side's potential (see dual_objective): no inf * 0.
-    s = geom.apply_plan(f, g + eps * _safe_log(b), eps, jnp.ones(b.shape, b.dtype), axis=1)
-    t = geom.apply_plan(f + eps * _safe_log(a), g, eps, jnp.ones(a.shape, a.dtype), axis=0)
+    s = geom.apply_plan(f, g + eps * safe_log(b), eps, jnp.ones(b.shape, b.dtype), axis=1)
+    t = geom.apply_plan(f + eps * safe_log(a), g, eps, jnp.ones(a.shape, a.dtype), axis=0)
     rf = a * ((1.0 if self.rho_a is None else jnp.exp(-f / self.rho_a)) - s)
     rg = b * ((1.0 if self.rho_b is None else jnp.exp(-g / self.rho_b)) - t)
     return rf, rg
@@ -387,48 +367,13 @@ class Sinkhorn:
   def _solve_potentials(self, geom, a, b, eps, f0, g0):
     """Returns ``((f, g), state)``, differentiable by the configured mode."""
     state0 = self.init(geom, a, b, eps, f0, g0)
-    if not self.implicit_diff:
+    if isinstance(self.adjoint, Unrolled):
       st = self._loop(geom, a, b, eps, state0)
       return (st.f, st.g), st
-
     sg = jax.lax.stop_gradient
-    state0 = jax.tree.map(sg, state0)
-
-    def residual(fg):
-      return self._residual(geom, a, b, eps, fg)
-
-    def solve(_, guess):
-      st = self._loop(sg(geom), sg(a), sg(b), sg(eps), state0._replace(f=guess[0], g=guess[1]))
-      # custom_root wants floating aux outputs.
-      return (st.f, st.g), st._replace(it=st.it.astype(st.f.dtype), done=st.done.astype(st.f.dtype),
-                                       warmup=st.warmup.astype(st.f.dtype),
-                                       diverged=st.diverged.astype(st.f.dtype))
-
-    # Jacobi preconditioner and ridge (the balanced system is singular along
-    # (1, -1)); both are constants for differentiation.
-    diag = sg(jnp.concatenate([a, b]) / eps)
-    ridge = self.ridge * jnp.mean(diag)
-    inv_diag = 1.0 / (diag + ridge)
-    n = a.shape[0]
-
-    def tangent_solve(lin, rhs):
-      # lin is the symmetric negative semi-definite Hessian of the dual, so
-      # solve (-lin + ridge) x = -rhs by preconditioned conjugate gradient.
-      def matvec(v):
-        return jax.tree.map(lambda l, x: -l + ridge * x, lin(v), v)
-
-      def cg(mv, r):
-        return _pcg(mv, r, lambda v: (v[0] * inv_diag[:n], v[1] * inv_diag[n:]),
-                    self.cg_tol, self.cg_maxiter)
-
-      neg_rhs = jax.tree.map(jnp.negative, rhs)
-      return jax.lax.custom_linear_solve(matvec, neg_rhs, cg, symmetric=True)
-
-    fg, st = jax.lax.custom_root(residual, (state0.f, state0.g), solve, tangent_solve,
-                                 has_aux=True)
-    st = jax.tree.map(sg, st)
-    return fg, st._replace(it=st.it.astype(jnp.int32), done=st.done > 0.5,
-                           warmup=st.warmup.astype(jnp.int32), diverged=st.diverged > 0.5)
+    loop = lambda st: self._loop(sg(geom), sg(a), sg(b), sg(eps), st)
+    residual = lambda fg: self._residual(geom, a, b, eps, fg)
+    return adjoint_lib.implicit_solve(self.adjoint, loop, residual, state0, a, b, eps)
 
   def solve(self, geom: PointCloud, a, b, epsilon, init=None) -> SinkhornOutput:
     """Solve on a prepared geometry (traceable; no host-side input validation).
@@ -521,18 +466,25 @@ def _pad(v, k):
   return v if v is None or k == 0 else jnp.concatenate([v, jnp.zeros((k,), v.dtype)])
 
 
-def _solve_entry(solver: Sinkhorn, x, y, a, b, epsilon, init):
+def solve_points(solver: Sinkhorn, x, y, a, b, epsilon, init=None) -> SinkhornOutput:
+  """The one solve path after validation: pad (and shard, with a mesh) -> solve -> trim.
+
+  Traceable. Every entry point (:func:`sinkhorn`, :func:`~neural_ot.sinkhorn_divergence`,
+  :func:`~neural_ot.sinkhorn_batch`) solves through here, so outputs always have the
+  caller's point counts: ``f: (n,)``, ``g: (m,)`` (the geometry keeps its padding, which
+  the output's methods handle).
+  """
   n, m = x.shape[0], y.shape[0]
   geom, a, b, px, py = solver.geometry(x, y, a, b)
   if init is not None and (px or py):
     init = (_pad(init[0], px), _pad(init[1], py))
   out = solver.solve(geom, a, b, epsilon, init)
-  if px or py:  # trim the padding (geom keeps it; the output's methods handle that)
+  if px or py:
     out = out._replace(f=out.f[:n], g=out.g[:m], a=out.a[:n], b=out.b[:m])
   return out
 
 
-_jitted_solve = jax.jit(_solve_entry, static_argnums=0)
+_jitted_solve = jax.jit(solve_points, static_argnums=0)
 
 
 def sinkhorn(x, y=None, a=None, b=None, *, epsilon=None, tol: float = 1e-3,
@@ -568,7 +520,7 @@ def sinkhorn(x, y=None, a=None, b=None, *, epsilon=None, tol: float = 1e-3,
     init: warm start ``(f, g)`` (either may be ``None``).
     **kwargs: any other :class:`Sinkhorn` field (``rho_a``, ``rho_b``,
       ``cost``, ``online``, ``momentum``, ``epsilon_init_factor``,
-      ``implicit_diff``, ...).
+      ``adjoint``, ...).
 
   Returns:
     A :class:`~neural_ot.sinkhorn.output.SinkhornOutput`. ``reg_ot_cost`` is
@@ -590,6 +542,7 @@ def sinkhorn(x, y=None, a=None, b=None, *, epsilon=None, tol: float = 1e-3,
 def make_solver(caller: str, options: dict) -> Sinkhorn:
   """``Sinkhorn(**options)``; an unknown option name raises a ``TypeError`` that lists the
   valid ones (errors about an option's *value* pass through as raised)."""
+  options = adjoint_lib.from_legacy(options, caller)
   known = [f.name for f in dataclasses.fields(Sinkhorn)]
   unknown = sorted(set(options) - set(known))
   if unknown:
