@@ -182,7 +182,14 @@ class PointCloud:
     # Give every reduction its own copies of u, v, eps: otherwise XLA:CPU shares
     # their (n, m) broadcasts between the two passes of an iteration and
     # materialises them, which halves the speed of a Sinkhorn iteration.
-    u, v, eps = jax.lax.optimization_barrier((u, v, jnp.asarray(eps)))
+    # eps crosses the barrier without its tangent, which is added back outside: the barrier's
+    # JVP would turn a symbolic-zero tangent (eps not differentiated) into a literal 0.0, and
+    # the JVP of (u + v - C) / eps at a -inf (zero-weight) potential is then 0 * inf = NaN
+    # (e.g. the linearised implicit-diff residual, whose potentials have weights folded in).
+    sg = jax.lax.stop_gradient
+    eps = jnp.asarray(eps)
+    u, v, eps_b = jax.lax.optimization_barrier((u, v, sg(eps)))
+    eps = sg(eps_b) + (eps - sg(eps))
 
     def block(cmat, u_blk, v_blk):
       # cmat is (rows, cols) with rows = u's index and cols = v's index.
