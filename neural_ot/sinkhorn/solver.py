@@ -38,10 +38,9 @@ from neural_ot.sinkhorn.output import SinkhornOutput, safe_log
 
 __all__ = ["Sinkhorn", "SinkhornState", "sinkhorn", "dual_objective", "solve_points"]
 
-_WARMUP = 20  # plain iterations before adaptive momentum kicks in
-_SPAN = 10  # iterations over which the plain convergence rate is measured
+_WARMUP = 20  # plain iterations before adaptive momentum kicks in (from any start)
+_SPAN = 10  # iterations over which a convergence rate is measured
 _OMEGA_MAX = 1.8
-_WARMUP_WARM = 30  # the same from a warm start (its early error decay is a transient)
 _CHECK = 30  # after the switch, the error must halve every _CHECK iterations
 _S_MIN = 1e-30
 _S_MAX = 1e30
@@ -49,7 +48,8 @@ _S_MAX = 1e30
 
 class SinkhornState(NamedTuple):
   """Loop state: iteration counter, potentials, last measured error, trace, the
-  adaptive over-relaxation's ``omega``, reference error and warm-up length, and
+  adaptive over-relaxation's ``omega``, the plain rate ``lam`` it was set for, two
+  reference errors and the iteration at which it (re)starts (``warmup``), and
   ``diverged``: invalid weights at :meth:`Sinkhorn.init`, or a non-finite error
   measured by :meth:`Sinkhorn.step` (the loop stops there)."""
 
@@ -62,6 +62,8 @@ class SinkhornState(NamedTuple):
   omega: jax.Array
   err_ref: jax.Array
   col_err: jax.Array
+  lam: jax.Array
+  err_span: jax.Array
   warmup: jax.Array
   diverged: jax.Array
 
@@ -163,7 +165,8 @@ class Sinkhorn:
     epsilon_decay: per-iteration decay factor for epsilon scaling.
     momentum: over-relaxation ``omega`` in ``[1, 2)`` (1 is plain Sinkhorn),
       or ``"auto"``: plain for 20 iterations, then ``omega`` from the measured
-      convergence rate (same fixed point, far fewer iterations at small eps).
+      convergence rate, re-measured as it runs (same fixed point, far fewer iterations
+      at small eps; a warm start is treated like zeros, so it keeps its head start).
     adjoint: how gradients are computed: :class:`ImplicitDiff` (custom root +
       conjugate gradient, memory independent of iterations; the default) or
       :class:`Unrolled` (backpropagate through all ``max_iters`` iterations). The
@@ -252,7 +255,6 @@ class Sinkhorn:
     dtype = geom.x.dtype
     eps = jnp.asarray(eps, dtype)
     eps0 = self.epsilon_at(jnp.zeros((), jnp.int32), eps)
-    warm = f0 is not None or g0 is not None
     if f0 is None:
       f0 = jnp.zeros(n, dtype) if g0 is None else self._f_stable(geom, b, g0, eps0)
     g = self.c_transform(geom, a, f0, eps0)
@@ -261,7 +263,8 @@ class Sinkhorn:
                          jnp.array(jnp.inf, dtype), jnp.array(False), errors,
                          jnp.array(1.0 if self.momentum == "auto" else self.momentum, dtype),
                          jnp.array(jnp.inf, dtype), jnp.array(0.0, dtype),
-                         jnp.array(_WARMUP_WARM if warm else _WARMUP, jnp.int32),
+                         jnp.array(0.0, dtype), jnp.array(jnp.inf, dtype),
+                         jnp.array(_WARMUP, jnp.int32),
                          _input_invalid(geom, a, b, eps))
 
   def step(self, geom: PointCloud, a, b, eps, state: SinkhornState) -> SinkhornState:
@@ -272,7 +275,7 @@ class Sinkhorn:
     A non-finite error (NaN or inf inputs, or an overflow) sets ``diverged`` and
     likewise leaves the state unchanged: the driver stops at the first one.
     """
-    it, f, g, _, _, errors, omega, err_ref, col_err, warmup, diverged = state
+    it, f, g, _, _, errors, omega, err_ref, col_err, lam, err_span, warmup, diverged = state
     eps = jnp.asarray(eps, f.dtype)
     eps_t = self.epsilon_at(it, eps)
     # Row sums s_i = sum_j b_j exp((f_i + g_j - C_ij)/eps): the plan's row marginal / a.
@@ -282,7 +285,8 @@ class Sinkhorn:
     err = jnp.sum(jnp.where(a > 0, a * jnp.abs(s - target), 0.0)) + col_err
     diverged = diverged | ~jnp.isfinite(err)
     if self.momentum == "auto":
-      omega, err_ref = self._adapt_omega(it, err, omega, err_ref, eps_t, eps, warmup)
+      omega, lam, err_ref, err_span, warmup = self._adapt_omega(
+          it, err, omega, lam, err_ref, err_span, warmup, eps_t, eps)
     f_hat = _tau(self.rho_a, eps_t) * (f - eps_t * jnp.log(jnp.clip(s, _S_MIN, _S_MAX)))
     f_new = f + omega * (f_hat - f)
     t = geom.kernel_sum(f_new + eps_t * safe_log(a), g, eps_t, axis=0)
@@ -301,38 +305,57 @@ class Sinkhorn:
       errors = errors.at[it].set(err)
     col_err = jnp.where(stop, col_err, col_err_new)
     return SinkhornState(it + jnp.where(stop, 0, 1), f, g, err, done, errors, omega, err_ref,
-                         col_err, warmup, diverged)
+                         col_err, lam, err_span, warmup, diverged)
 
-  def _adapt_omega(self, it, err, omega, err_ref, eps_t, eps, warmup=_WARMUP):
+  def _adapt_omega(self, it, err, omega, lam, err_ref, err_span, warmup, eps_t, eps):
     """Adaptive over-relaxation (Thibault et al. 2017; Lehmann et al. 2021).
 
-    Plain Sinkhorn runs for ``warmup`` iterations (20; 30 from a warm start,
-    whose early error decay is a transient that would make the rate look
-    faster than it is and omega too small); its linear rate ``lam`` is
-    estimated from the errors ``_SPAN`` iterations apart, and ``omega`` is set
-    to ``2 / (1 + sqrt(1 - lam))`` (capped). Over-relaxation can raise the error
-    for a while; every ``_CHECK`` iterations after the switch the error must
-    have at least halved (the first time: from its peak after the switch), or
-    omega falls back to 1 for good (this also catches the float32 noise floor
-    at very tight tolerances).
+    Plain Sinkhorn runs until iteration ``warmup`` (``_WARMUP``, from zeros or a warm start
+    alike); its linear rate ``lam`` is estimated from the errors ``_SPAN`` iterations apart,
+    and ``omega`` is set to ``2 / (1 + sqrt(1 - lam))`` (capped). From a warm start that
+    estimate is often too optimistic (the early decay is a transient of the fast modes), and
+    a too small omega costs more than the head start gained, so the rate keeps being
+    measured: every ``2 _SPAN`` iterations the relaxed rate ``mu`` over the last ``_SPAN``
+    (one span after the last change of omega) gives back the plain rate by Young's relation
+    for two-block SOR, ``lam = (mu + omega - 1)^2 / (omega^2 mu)``, and omega rises to that
+    rate's optimum (it never falls: past the optimum ``mu = omega - 1`` and the relation
+    returns omega's own rate). Over-relaxation can raise the error for a while; every
+    ``_CHECK`` iterations after the switch the error must have at least halved (the first
+    time: from its peak after the switch). If not, the estimate is restarted: plain
+    iterations for ``2 _SPAN`` (they also remove the relaxation's overshoot, often most of
+    the measured error), then a fresh rate and switch. Dropping to plain Sinkhorn for good
+    instead cost a warm start that reached the slow regime first hundreds of iterations.
     """
     err = jax.lax.stop_gradient(err)
-    start = warmup - _SPAN
     at_target = jnp.asarray(eps_t <= eps)
-    lam = (err / err_ref) ** (1.0 / _SPAN)
-    guess = 2.0 / (1.0 + jnp.sqrt(jnp.clip(1.0 - lam, 1e-6, 1.0)))
-    guess = jnp.where((lam < 1.0) & jnp.isfinite(lam), jnp.clip(guess, 1.0, _OMEGA_MAX), 1.0)
-    switch = (it == warmup) & at_target
-    check = (it > warmup) & ((it - warmup) % _CHECK == 0)
-    omega = jnp.where(switch, guess, omega)
-    omega = jnp.where(check & (err > 0.5 * err_ref), 1.0, omega)
-    err_ref = jnp.where((it == start) | ~at_target | switch | check, err, err_ref)
+
+    def optimum(lam):
+      guess = 2.0 / (1.0 + jnp.sqrt(jnp.clip(1.0 - lam, 1e-6, 1.0)))
+      return jnp.where((lam < 1.0) & jnp.isfinite(lam), jnp.clip(guess, 1.0, _OMEGA_MAX), 1.0)
+
+    since = it - warmup
+    switch = (since == 0) & at_target
+    check = (since > 0) & (since % _CHECK == 0)
+    failed = check & ~(err <= 0.5 * err_ref)
+    mark = (since > 0) & (since % _SPAN == 0)
+    mu = (err / err_span) ** (1.0 / _SPAN)
+    lam_mu = (mu + omega - 1.0) ** 2 / (omega ** 2 * mu)
+    refine = (mark & (since % (2 * _SPAN) == 0) & at_target & (omega > 1.0) & ~failed
+              & (mu > 0.0) & (lam_mu > lam) & (lam_mu < 1.0))
+    lam = jnp.where(refine, lam_mu, lam)
+    lam = jnp.where(switch, (err / err_ref) ** (1.0 / _SPAN), lam)
+    omega = jnp.where(refine | switch, jnp.maximum(jnp.where(switch, 1.0, omega), optimum(lam)),
+                      omega)
+    omega = jnp.where(failed, 1.0, omega)
+    warmup = jnp.where(failed, it + 2 * _SPAN, warmup)
+    err_ref = jnp.where((it == warmup - _SPAN) | ~at_target | switch | check, err, err_ref)
     # Over-relaxation first raises the error (a transient of a few iterations),
     # most visibly from a good warm start; the first check measures the halving
     # from that peak, not from the error at the switch.
-    first_window = (it > warmup) & (it < warmup + _CHECK)
+    first_window = (since > 0) & (since < _CHECK)
     err_ref = jnp.where(first_window, jnp.maximum(err_ref, err), err_ref)
-    return omega, err_ref
+    err_span = jnp.where(mark | switch | ~at_target, err, err_span)
+    return omega, lam, err_ref, err_span, warmup
 
   def is_converged(self, err, eps_t, eps):
     return (err < self.tol) & (eps_t <= eps)
