@@ -38,11 +38,13 @@ def test_fit_reads_npy_and_csv(tmp_path):
   np.save(tmp_path / "src.npy", x)
   np.savetxt(tmp_path / "tgt.csv", 0.5 * x + 2.0, delimiter=",", header="a,b")
   out = tmp_path / "run"
-  rc = cli.main(["fit", str(tmp_path / "src.npy"), str(tmp_path / "tgt.csv"), "--steps", "50",
+  rc = cli.main(["fit", str(tmp_path / "src.npy"), str(tmp_path / "tgt.csv"), "--steps", "300",
                  "--quiet", "--out", str(out)])
   assert rc == 0
   mp = load_map(str(out / "map.msgpack"))
-  np.testing.assert_allclose(mp.transport(x[:20]), 0.5 * x[:20] + 2.0, atol=0.05)
+  # 400 samples: the empirical map is not exactly affine; RMS error well below the spread (0.7)
+  err = mp.transport(x) - (0.5 * x + 2.0)
+  assert float(np.sqrt(np.mean(np.sum(err ** 2, -1)))) < 0.05
   assert np.load(out / "transported.npy").shape == (400, 2)
   assert (out / "checkpoints" / "checkpoint.msgpack").is_file()
   assert _is_png(out / "map.png")

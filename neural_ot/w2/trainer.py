@@ -48,7 +48,8 @@ class W2Trainer:
     finetune: conjugate solver for fine-tuning, ``"lbfgs"`` or ``"adam"``.
     finetune_iters: solver steps from the prediction per training step (0: none).
     finetune_tol: the solver stops a sample when ``|grad f(x) - y| < finetune_tol``.
-    learning_rate: peak AdamW learning rate (cosine decay to 5 % over the run's horizon).
+    learning_rate: peak AdamW learning rate (cosine decay to ``final_lr_fraction`` of it
+      over the run's horizon).
     b1, b2: AdamW's moment decay rates.
     warmup_steps: linear warm-up steps.
     weight_decay: AdamW decoupled weight decay (where the networks' ``decay_mask`` allows).
@@ -70,6 +71,7 @@ class W2Trainer:
   b1: float = 0.9
   b2: float = 0.999
   warmup_steps: int = 50
+  final_lr_fraction: float = 0.05
   weight_decay: float = 1e-5
   grad_clip: float = 10.0
   init: str = "gaussian"
@@ -186,7 +188,8 @@ class W2Trainer:
     x, y = batch
     (_, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, x, y)
     updates, opt_state = self.optimizer().update(grads, state.opt_state, state.params)
-    lr = cosine_schedule(state.step, state.horizon, self.learning_rate, self.warmup_steps)
+    lr = cosine_schedule(state.step, state.horizon, self.learning_rate, self.warmup_steps,
+                         self.final_lr_fraction)
     updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
