@@ -237,7 +237,7 @@ def test_sinkhorn_on_files_with_absolute_epsilon_and_max_iters(tmp_path, capsys)
 
 
 def test_help_shows_defaults_and_describes_positionals(capsys):
-  for argv, expect in [(["fit", "--help"], ["(default: 256)", "source points: .npy array",
+  for argv, expect in [(["fit", "--help"], ["(default: None)", "source points: .npy array",
                                             "--minutes", "--restart"]),
                        (["sinkhorn", "--help"], ["(default: 2000)", "--absolute-epsilon",
                                                  "SOURCE", "a .npy/.csv file or a built-in"]),
