@@ -72,7 +72,7 @@ def _param_norm(params):
   return jnp.sqrt(sum(jnp.sum(jnp.square(v.astype(jnp.float32))) for v in jax.tree.leaves(params)))
 
 
-@functools.partial(jax.jit, static_argnames=("trainer", "sampler"), donate_argnums=())
+@functools.partial(jax.jit, static_argnames=("trainer", "sampler"))
 def guarded_step(state, ok, key, data, max_param_norm, *, trainer, sampler):
   """Draw the batch of step ``state.step`` and take one step of ``trainer``, guarded: the
   state only moves while every metric stays finite and the parameter norm below
@@ -154,6 +154,8 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
     raise ValueError(f"{name}: give `steps`, `max_seconds` or both.")
   if max_seconds is not None and not float(max_seconds) > 0:
     raise ValueError(f"{name}: `max_seconds` must be > 0, got {max_seconds!r}.")
+  if not float(eval_seconds) >= 0:
+    raise ValueError(f"{name}: `eval_seconds` must be >= 0, got {eval_seconds!r}.")
   t_start = time.perf_counter()
   history: list[dict] = []
   prog = _Progress(name, progress)

@@ -229,10 +229,10 @@ def test_gaussian_init_honours_strong_convexity():
 
 
 def mp_rows(arr):
-  """The rows fit_w2 takes its moments from (its training split, same seed)."""
-  rng = np.random.default_rng(0)
-  perm = rng.permutation(arr.shape[0])
-  return arr[perm[min(4096, arr.shape[0] // 5):]]
+  """The rows fit_w2 takes its moments from (its training split, seed 0)."""
+  from neural_ot.w2 import training_rows
+  perm = np.random.default_rng(0).permutation(arr.shape[0])
+  return arr[perm[arr.shape[0] - training_rows(arr.shape[0]):]]
 
 
 def test_max_seconds_stops_on_time_with_a_fitted_schedule():
@@ -277,3 +277,13 @@ def test_a_checkpoint_of_other_data_is_refused(tmp_path):
   with pytest.raises(ValueError, match="other settings or other data.*resume=False"):
     neural_ot.fit_w2(100 * x, x + 1, **kw)
   neural_ot.fit_w2(100 * x, x + 1, resume=False, **kw)  # starting over works
+
+
+def test_default_options_reject_bad_input():
+  from neural_ot.w2 import default_options
+  assert default_options(64, 100)["batch_size"] == 100
+  assert default_options(4, 100)["learning_rate"] < default_options(4)["learning_rate"]
+  with pytest.raises(ValueError, match="`dim` must be an int >= 1"):
+    default_options(0)
+  with pytest.raises(ValueError, match="`n` must be None or an int >= 1"):
+    default_options(2, 0)

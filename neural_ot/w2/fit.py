@@ -58,6 +58,10 @@ def default_options(dim: int, n: int | None = None) -> dict:
     >>> default_options(8)["hidden"]
     (64, 64, 32)
   """
+  if not (isinstance(dim, (int, np.integer)) and dim >= 1):
+    raise ValueError(f"default_options: `dim` must be an int >= 1, got {dim!r}.")
+  if n is not None and not (isinstance(n, (int, np.integer)) and n >= 1):
+    raise ValueError(f"default_options: `n` must be None or an int >= 1, got {n!r}.")
   dim = int(dim)
   m = max(dim, 32)
   # Small data sets: a high rate fits the sample's own structure (400 points of an affine pair:
@@ -280,13 +284,12 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   run_eval = None
   if eval_fn is not None:
     run_eval = lambda st, step: eval_fn(make_map(st), step)
-  cb = callback
   state, history = train.run(
       trainer, state, sampler, data, k_data, steps=steps, max_seconds=max_seconds,
       checkpoint_path=os.path.join(checkpoint_dir, _CKPT) if checkpoint_dir else None,
       fingerprint=fingerprint, resume=resume, checkpoint_every=checkpoint_every,
       log_every=log_every, max_param_norm=max_param_norm, eval_fn=run_eval,
-      eval_every=eval_every, eval_seconds=eval_seconds, callback=cb, progress=progress, name="fit_w2",
+      eval_every=eval_every, eval_seconds=eval_seconds, callback=callback, progress=progress, name="fit_w2",
       show=("loss", "conj_iters"), placement=placement,
       advice="Try a smaller `learning_rate`, `init='gaussian'` or standardised data")
   mp = make_map(state, history=history)
