@@ -51,9 +51,14 @@ class ConjugateState(NamedTuple):
   opt_state: optax.OptState  # Adam only
 
 
-def _objective(f: Callable, y: jax.Array) -> Callable:
+def _objective(f: Callable, y: jax.Array, context=None) -> Callable:
+  """``h(x) = f(x) - <x, y>`` and its gradient, row by row (``f(x, c)`` with each row's
+  context when ``context`` is given)."""
   def h(x):
-    val, grad = jax.vmap(jax.value_and_grad(f))(x)
+    if context is None:
+      val, grad = jax.vmap(jax.value_and_grad(f))(x)
+    else:
+      val, grad = jax.vmap(jax.value_and_grad(f))(x, context)
     return val - jnp.sum(x * y, -1), grad - y
   return h
 
@@ -99,9 +104,9 @@ class ConjugateSolver:
     if not (isinstance(self.history, int) and self.history >= 1):
       raise ValueError(f"ConjugateSolver: `history` must be an int >= 1, got {self.history!r}.")
 
-  def init(self, f: Callable, y: jax.Array, x0: jax.Array) -> ConjugateState:
+  def init(self, f: Callable, y: jax.Array, x0: jax.Array, context=None) -> ConjugateState:
     """State at the warm start ``x0: (b, d)`` for targets ``y: (b, d)``."""
-    h, grad = _objective(f, y)(x0)
+    h, grad = _objective(f, y, context)(x0)
     b, d = x0.shape
     m = self.history
     done = jnp.linalg.norm(grad, axis=-1) < self.tol
@@ -128,9 +133,9 @@ class ConjugateSolver:
     descent = _bdot(p, state.grad) < 0
     return jnp.where(descent[:, None], p, -state.grad)
 
-  def step(self, f: Callable, y: jax.Array, state: ConjugateState) -> ConjugateState:
+  def step(self, f: Callable, y: jax.Array, state: ConjugateState, context=None) -> ConjugateState:
     """One iteration for every sample not yet done."""
-    obj = _objective(f, y)
+    obj = _objective(f, y, context)
     active = ~state.done
     if self.method == "adam":
       upd, opt_state = optax.adam(self.learning_rate).update(state.grad, state.opt_state)
@@ -179,11 +184,15 @@ class ConjugateSolver:
         rho=push(state.rho, 1.0 / jnp.where(keep, sy, 1.0)), n_iters=state.n_iters + active,
         done=state.done | (gn < self.tol) | (active & ~accepted))
 
-  def __call__(self, f: Callable, y: jax.Array, x0: jax.Array | None = None) -> ConjugateResult:
+  def __call__(self, f: Callable, y: jax.Array, x0: jax.Array | None = None,
+               context=None) -> ConjugateResult:
     """Batched solve: ``y: (batch, d)``, warm start ``x0: (batch, d)`` (default ``y``).
 
-    ``f`` maps one point ``(d,)`` to a scalar. No gradient flows through the
-    solve (use :func:`conjugate` for Danskin gradients).
+    ``f`` maps one point ``(d,)`` to a scalar; with ``context`` (an array or pytree with a
+    leading ``batch`` axis) it is ``f(x, c)`` and row ``i`` maximises
+    ``<x, y_i> - f(x, c_i)`` (conditional potentials: one batched solve, each sample with its
+    own context). No gradient flows through the solve (use :func:`conjugate` for Danskin
+    gradients).
     """
     if y.ndim != 2:
       raise ValueError(f"ConjugateSolver: `y` must have shape (batch, d), got {tuple(y.shape)}.")
@@ -191,11 +200,12 @@ class ConjugateSolver:
     if x0.shape != y.shape:
       raise ValueError(f"ConjugateSolver: `x0` must have shape {tuple(y.shape)}, got {tuple(x0.shape)}.")
     sg = jax.lax.stop_gradient
-    y, x0 = sg(y), sg(x0)
-    state = self.init(f, y, x0)
+    y, x0, context = sg(y), sg(x0), jax.tree.map(sg, context)
+    state = self.init(f, y, x0, context)
     cond = lambda st: jnp.any(~st.done & (st.n_iters < self.max_iters))
     state = jax.lax.while_loop(
-        cond, lambda st: self.step(f, y, st._replace(done=st.done | (st.n_iters >= self.max_iters))),
+        cond, lambda st: self.step(f, y, st._replace(done=st.done | (st.n_iters >= self.max_iters)),
+                                   context),
         state)
     return ConjugateResult(-state.h, state.x, state.n_iters, jnp.linalg.norm(state.grad, axis=-1))
 

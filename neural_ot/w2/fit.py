@@ -36,6 +36,8 @@ __all__ = ["fit_w2", "default_options", "training_rows", "PairSampler", "dual_w2
            "TrainingDivergedError"]
 
 _CKPT = "checkpoint.msgpack"
+_NETWORK_FIELDS = frozenset({"potential", "hidden", "activation", "strong_convexity",
+                             "predictor_hidden", "context_dim", "context_hidden", "context_mode"})
 _N_HELD_OUT = 4096
 _N_MOMENTS = 16384
 
@@ -162,7 +164,8 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
            eval_fn: Callable | None = None, eval_every: int = 0, eval_seconds: float = 0.0,
            callback: Callable | None = None,
            progress: bool = True, log_every: int = 100, max_param_norm: float = 1e6,
-           dtype=None, mesh=None, axis_name: str | None = None, **options) -> W2Map:
+           dtype=None, mesh=None, axis_name: str | None = None, init_map: W2Map | None = None,
+           **options) -> W2Map:
   """Learn the W2 optimal map ``T = grad f`` (``f`` convex) from ``source`` to ``target``.
 
   Args:
@@ -190,6 +193,10 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
     mesh: a :class:`jax.sharding.Mesh`: data-parallel training, each step's batch split over
       the devices of ``axis_name`` (default: the mesh's only axis), parameters replicated.
       ``batch_size`` must be a multiple of the number of devices.
+    init_map: start from this map instead of a fresh initialisation (fine-tuning): its
+      networks, parameters and standardisation are kept (``standardize`` is ignored);
+      ``options`` may change the optimisation (learning rate, conjugate budget, ...) but not
+      the networks.
     **options: fields of :class:`W2Trainer` (potential, hidden, amortization, finetune,
       finetune_iters, learning_rate, b1, b2, init, ...); unset ones come from
       :func:`default_options`.
@@ -241,17 +248,33 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
     if arr is not None and batch_size > arr.shape[0]:
       raise ValueError(f"fit_w2: `batch_size` ({batch_size}) is larger than `{name}`, which has "
                        f"{arr.shape[0]} training samples.")
-  trainer = W2Trainer(**{**defaults, **options})
+  if init_map is not None:
+    if not isinstance(init_map, W2Map):
+      raise TypeError(f"fit_w2: `init_map` must be a W2Map, got {type(init_map).__name__}.")
+    if init_map.dim != dim:
+      raise ValueError(f"fit_w2: `init_map` maps dimension {init_map.dim}, the data have "
+                       f"dimension {dim}.")
+    fixed = sorted(set(options) & _NETWORK_FIELDS)
+    if fixed:
+      raise ValueError(f"fit_w2: option(s) {fixed} would change the networks of `init_map`; "
+                       f"only optimisation options can be given with it.")
+    trainer = dataclasses.replace(init_map.trainer, **options)
+  else:
+    trainer = W2Trainer(**{**defaults, **options})
 
-  frame = Frame.fit(src_mom, tgt_mom) if standardize else Frame.identity(dim)
+  if init_map is not None:
+    frame = init_map.frame
+  else:
+    frame = Frame.fit(src_mom, tgt_mom) if standardize else Frame.identity(dim)
   moments = None
-  if trainer.init == "gaussian":
+  if trainer.init == "gaussian" and init_map is None:
     moments = (gaussian.moments(frame.to_source(src_mom)),
                gaussian.moments(frame.to_target(tgt_mom)))
   key = jax.random.PRNGKey(seed)
   k_init, k_data = jax.random.split(key)
   horizon = steps if steps is not None else 1000  # re-planned from the measured step rate
-  state = trainer.init_state(k_init, dim, horizon, *(moments or (None, None)), dtype=dtype)
+  state = trainer.init_state(k_init, dim, horizon, *(moments or (None, None)), dtype=dtype,
+                             params=None if init_map is None else init_map.params)
 
   sharding, placement = None, None
   if mesh is not None:
@@ -276,7 +299,10 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   fingerprint = json.dumps({"trainer": as_config(trainer), "steps": steps,
                             "batch_size": int(batch_size), "seed": seed, "dim": dim,
                             "standardize": standardize, "source": src_tag, "target": tgt_tag,
-                            "dtype": dtype.name}, sort_keys=True)
+                            "dtype": dtype.name,
+                            "init_map": None if init_map is None else train.data_fingerprint(
+                                *jax.tree.leaves(init_map.params))},
+                           sort_keys=True)
 
   def make_map(st, w2=float("nan"), history=()):
     return W2Map(trainer, st.params, dim, w2, tuple(history), frame)

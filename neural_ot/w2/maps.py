@@ -17,6 +17,7 @@ from neural_ot.w2.trainer import W2Trainer, as_config
 __all__ = ["W2Map", "Frame", "load_map"]
 
 _FORMAT = "neural_ot.W2Map/1"
+_CONDITIONAL_FORMAT = "neural_ot.ConditionalW2Map/1"
 
 
 class Frame(NamedTuple):
@@ -196,17 +197,21 @@ class W2Map:
         cost_fn=costs.SqEuclidean())
 
 
-def load_map(path: str) -> W2Map:
-  """Load a map written by :meth:`W2Map.save`."""
+def load_map(path: str):
+  """Load a map written by :meth:`W2Map.save` (a :class:`W2Map`) or by
+  ``ConditionalW2Map.save`` (a :class:`neural_ot.conditional.ConditionalW2Map`)."""
   try:
     raw = io.load(path)
     meta = json.loads(raw["meta"])
-    if meta.get("format") != _FORMAT:
+    if meta.get("format") not in (_FORMAT, _CONDITIONAL_FORMAT):
       raise KeyError("format")
   except FileNotFoundError:
     raise
   except Exception as exc:  # msgpack, JSON or layout errors all mean "not a map file"
     raise ValueError(f"load_map: {path!r} is not a neural_ot W2 map file.") from exc
+  if meta["format"] == _CONDITIONAL_FORMAT:
+    from neural_ot.conditional.maps import load_conditional_map  # pylint: disable=import-outside-toplevel
+    return load_conditional_map(path, raw)
   try:  # a damaged file (bit flips) can be valid msgpack with broken contents
     trainer = W2Trainer(**meta["trainer"])
     params = jax.tree.map(jnp.asarray, raw["params"])
@@ -223,8 +228,7 @@ def _check_contents(mp: W2Map) -> None:
   """Parameters laid out as the trainer builds them, and finite numbers throughout."""
   zero = jnp.zeros((mp.dim,), mp.dtype)
   key = jax.random.PRNGKey(0)
-  want = jax.eval_shape(lambda: {"f": mp.trainer.f_module.init(key, zero),
-                                 "g": mp.trainer.g_module.init(key, zero)})
+  want = jax.eval_shape(lambda: mp.trainer.init_params(key, mp.dim, zero.dtype))
   got = jax.tree.map(lambda v: jax.ShapeDtypeStruct(np.shape(v), zero.dtype), mp.params)
   shapes = lambda t: jax.tree.map(lambda v: tuple(v.shape), t)
   if (jax.tree.structure(want) != jax.tree.structure(got)

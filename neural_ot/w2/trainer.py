@@ -25,6 +25,7 @@ import optax
 
 from neural_ot.conjugate import ConjugateSolver
 from neural_ot.potentials import ICNN, MLPPotential, MLPPredictor
+from neural_ot.potentials.conditional import ConditionalICNN, ConditionalPredictor, FixedContext
 from neural_ot.train import TrainState, cosine_schedule
 
 __all__ = ["W2Trainer", "TrainState"]
@@ -56,6 +57,12 @@ class W2Trainer:
     grad_clip: global gradient norm clip.
     init: ``"gaussian"`` (``grad f`` starts at the OT map between the measures'
       moment-matched Gaussians) or ``"identity"``.
+    context_dim: ``k > 0`` makes the networks conditional (:mod:`neural_ot.potentials.conditional`):
+      with ``context_mode="input"`` the potential is ``f(x, c)`` and batches are ``(x, y, c)``
+      (``c: (b, k)``, each row its own context); with ``"fixed"`` the context is a parameter
+      (a conditional map's prediction for one context, fine-tuned as a plain map).
+    context_hidden: widths of the networks' context path.
+    context_mode: ``"input"`` or ``"fixed"``.
   """
 
   potential: str = "icnn"
@@ -75,10 +82,22 @@ class W2Trainer:
   weight_decay: float = 1e-5
   grad_clip: float = 10.0
   init: str = "gaussian"
+  context_dim: int = 0
+  context_hidden: Sequence[int] = (64, 64)
+  context_mode: str = "input"
 
   def __post_init__(self):
     object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
     object.__setattr__(self, "predictor_hidden", tuple(int(h) for h in self.predictor_hidden))
+    object.__setattr__(self, "context_hidden", tuple(int(h) for h in self.context_hidden))
+    if not (isinstance(self.context_dim, int) and self.context_dim >= 0):
+      raise ValueError(f"fit_w2: `context_dim` must be an int >= 0, got {self.context_dim!r}.")
+    if self.context_mode not in ("input", "fixed"):
+      raise ValueError(f"fit_w2: `context_mode` must be 'input' or 'fixed', got "
+                       f"{self.context_mode!r}.")
+    if self.context_dim and self.potential != "icnn":
+      raise ValueError(f"fit_w2: conditional maps (`context_dim` > 0) need potential='icnn', got "
+                       f"{self.potential!r}.")
     for name, allowed in (("potential", _POTENTIALS), ("amortization", _AMORTIZATION),
                           ("finetune", ("lbfgs", "adam")), ("init", _INITS)):
       if getattr(self, name) not in allowed:
@@ -100,7 +119,16 @@ class W2Trainer:
   # -- networks ------------------------------------------------------------
 
   @property
+  def conditional(self) -> bool:
+    """Whether the networks take a context input (batches ``(x, y, c)``)."""
+    return self.context_dim > 0 and self.context_mode == "input"
+
+  @property
   def f_module(self) -> nn.Module:
+    if self.context_dim:
+      net = ConditionalICNN(hidden=self.hidden, context_hidden=self.context_hidden,
+                            activation=self.activation, strong_convexity=self.strong_convexity)
+      return net if self.context_mode == "input" else FixedContext(net, self.context_dim)
     if self.potential == "icnn":
       return ICNN(hidden=self.hidden, activation=self.activation,
                   strong_convexity=self.strong_convexity)
@@ -108,6 +136,9 @@ class W2Trainer:
 
   @property
   def g_module(self) -> nn.Module:
+    if self.context_dim:
+      net = ConditionalPredictor(hidden=self.predictor_hidden, context_hidden=self.context_hidden)
+      return net if self.context_mode == "input" else FixedContext(net, self.context_dim)
     return MLPPredictor(hidden=self.predictor_hidden)
 
   @property
@@ -121,21 +152,29 @@ class W2Trainer:
                        optax.adamw(1.0, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
                                    mask=mask))
 
+  def init_params(self, key: jax.Array, dim: int, dtype=jnp.float32):
+    """Freshly initialised ``{"f": ..., "g": ...}`` for dimension ``dim``."""
+    kf, kg = jax.random.split(key)
+    args = (jnp.zeros((dim,), dtype),)
+    if self.conditional:
+      args += (jnp.zeros((self.context_dim,), dtype),)
+    return {"f": self.f_module.init(kf, *args), "g": self.g_module.init(kg, *args)}
+
   def init_state(self, key: jax.Array, dim: int, steps: int, source_moments=None,
-                 target_moments=None, dtype=jnp.float32) -> TrainState:
+                 target_moments=None, dtype=jnp.float32, params=None) -> TrainState:
     """Initial parameters and optimizer state for a run planned to last ``steps`` steps.
 
     With ``init="gaussian"`` and the moments ``(mean, cov)`` of both measures, ``grad f``
     starts at the Gaussian OT map ``A x + b`` (the networks set their own parameters:
-    ``from_moments``) and the predictor at its inverse.
+    ``from_moments``) and the predictor at its inverse. ``params`` (e.g. a conditional
+    map's prediction, or a base set with ``from_base``) replaces the initialisation.
     """
-    kf, kg = jax.random.split(key)
-    zero = jnp.zeros((dim,), dtype)
-    pf, pg = self.f_module.init(kf, zero), self.g_module.init(kg, zero)
-    if self.init == "gaussian" and source_moments is not None:
-      pf = self.f_module.from_moments(pf, source_moments, target_moments)
-      pg = self.g_module.from_moments(pg, source_moments, target_moments)
-    params = jax.tree.map(lambda v: jnp.asarray(v, dtype), {"f": pf, "g": pg})
+    if params is None:
+      params = self.init_params(key, dim, dtype)
+      if self.init == "gaussian" and source_moments is not None:
+        params = {"f": self.f_module.from_moments(params["f"], source_moments, target_moments),
+                  "g": self.g_module.from_moments(params["g"], source_moments, target_moments)}
+    params = jax.tree.map(lambda v: jnp.asarray(v, dtype), params)
     opt_state = self.optimizer().init(params)
     return TrainState(params, opt_state, jnp.zeros((), jnp.int32),
                       jnp.asarray(float(steps), jnp.float32))
@@ -143,36 +182,42 @@ class W2Trainer:
   # -- losses --------------------------------------------------------------
 
   def potential_fn(self, params_f) -> Callable:
-    return lambda x: self.f_module.apply(params_f, x)
+    """``f(x)`` of one point (``f(x, c)`` for conditional networks)."""
+    return lambda *args: self.f_module.apply(params_f, *args)
 
-  def predict(self, params_g, y: jax.Array) -> jax.Array:
-    return self.g_module.apply(params_g, y)
+  def predict(self, params_g, y: jax.Array, c: jax.Array | None = None) -> jax.Array:
+    return self.g_module.apply(params_g, y, *(() if c is None else (c,)))
 
-  def finetuned_argmax(self, params, y: jax.Array):
-    """Predict and fine-tune the conjugate's argmax (no gradient flows through it)."""
+  def finetuned_argmax(self, params, y: jax.Array, c: jax.Array | None = None):
+    """Predict and fine-tune the conjugate's argmax (no gradient flows through it); ``c``:
+    the rows' contexts (conditional networks)."""
     f = self.potential_fn(jax.lax.stop_gradient(params["f"]))
-    x_hat = self.predict(params["g"], y)
+    x_hat = self.predict(params["g"], y, c)
     if self.finetune_iters == 0:
       x_t = jax.lax.stop_gradient(x_hat)
-      grad_norm = jnp.linalg.norm(jax.vmap(jax.grad(f))(x_t) - y, axis=-1)
+      grad = jax.vmap(jax.grad(f))(x_t, *(() if c is None else (c,)))
+      grad_norm = jnp.linalg.norm(grad - y, axis=-1)
       return x_hat, x_t, jnp.zeros(y.shape[:1], jnp.int32), grad_norm
-    res = self.solver(f, y, x_hat)
+    res = self.solver(f, y, x_hat, context=c)
     return x_hat, jax.lax.stop_gradient(res.x), res.n_iters, res.grad_norm
 
-  def loss(self, params, x: jax.Array, y: jax.Array):
-    """Total loss (potential + predictor) and metrics for a batch ``x, y: (b, d)``."""
+  def loss(self, params, x: jax.Array, y: jax.Array, c: jax.Array | None = None):
+    """Total loss (potential + predictor) and metrics for a batch ``x, y: (b, d)`` (and the
+    rows' contexts ``c: (b, k)`` for conditional networks: row ``i`` is the pair ``x_i``,
+    ``y_i`` under context ``c_i``, the loss the mean over contexts of each one's dual)."""
+    ctx = () if c is None else (c,)
     f = self.potential_fn(params["f"])
     f_sg = self.potential_fn(jax.lax.stop_gradient(params["f"]))
-    x_hat, x_t, iters, grad_norm = self.finetuned_argmax(params, y)
-    fx, fxt = jax.vmap(f)(x), jax.vmap(f)(x_t)
+    x_hat, x_t, iters, grad_norm = self.finetuned_argmax(params, y, c)
+    fx, fxt = jax.vmap(f)(x, *ctx), jax.vmap(f)(x_t, *ctx)
     conj = jnp.sum(x_t * y, -1) - fxt
     loss_f = fx.mean() - fxt.mean()  # Danskin: <x_t, y> has no gradient
     if self.amortization == "regression":
       loss_g = jnp.mean(jnp.sum((x_hat - x_t) ** 2, -1))
     elif self.amortization == "objective":
-      loss_g = -jnp.mean(jnp.sum(x_hat * y, -1) - jax.vmap(f_sg)(x_hat))
+      loss_g = -jnp.mean(jnp.sum(x_hat * y, -1) - jax.vmap(f_sg)(x_hat, *ctx))
     else:
-      loss_g = jnp.mean(jnp.sum((jax.vmap(jax.grad(f_sg))(x_hat) - y) ** 2, -1))
+      loss_g = jnp.mean(jnp.sum((jax.vmap(jax.grad(f_sg))(x_hat, *ctx) - y) ** 2, -1))
     dual = fx.mean() + conj.mean()
     w2 = jnp.mean(jnp.sum(x * x, -1)) + jnp.mean(jnp.sum(y * y, -1)) - 2 * dual
     sg = jax.lax.stop_gradient
@@ -184,9 +229,9 @@ class W2Trainer:
     return loss_f + loss_g, metrics
 
   def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
-    """One optimizer step on a batch ``(x, y)``; returns the new state and metrics."""
-    x, y = batch
-    (_, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, x, y)
+    """One optimizer step on a batch ``(x, y)`` (``(x, y, c)`` for conditional networks);
+    returns the new state and metrics."""
+    (_, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, *batch)
     updates, opt_state = self.optimizer().update(grads, state.opt_state, state.params)
     lr = cosine_schedule(state.step, state.horizon, self.learning_rate, self.warmup_steps,
                          self.final_lr_fraction)

@@ -1,0 +1,347 @@
+"""``fit_conditional_w2``: one model of W2 maps under many conditions (a thin call of
+:func:`neural_ot.train.run`, like ``fit_w2``).
+
+Data are a mapping ``condition -> (source, target)`` (arrays ``(n_c, d)``; conditions are
+labels, or real scalars/vectors such as doses), or a sampler ``sample(key, n) -> (c, x, y)``
+whose row ``i`` draws ``x_i`` from the source and ``y_i`` from the target under context
+``c_i``. Each step draws a batch that mixes conditions (uniformly over the conditions of a
+mapping) and takes one step on the mean over the batch's contexts of the semi-dual
+``E f(x; c) + E f*(y; c)``, with the conjugates of all rows fine-tuned in one batched solve.
+
+What it does with no options (as ``fit_w2``): the space is standardised once for all
+conditions (pooled means and scales); vector contexts are standardised per coordinate; the
+networks' base (``grad f(.; c)`` before training) is the Gaussian OT map of each training
+condition, as an affine function of the context fitted by least squares (exact per label;
+for a sampler, the conditional means are regressed on the context and the residual
+covariances pooled), and the network learns the correction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neural_ot import gaussian, train
+from neural_ot.conditional.maps import ConditionalW2Map, Contexts, _is_label, _label_key
+from neural_ot.w2.fit import default_options
+from neural_ot.w2.maps import Frame
+from neural_ot.w2.trainer import W2Trainer, as_config
+
+__all__ = ["fit_conditional_w2", "ConditionSampler"]
+
+_CKPT = "checkpoint.msgpack"
+_N_PROBE = 16384
+_NAME = "fit_conditional_w2"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionSampler:
+  """Draws a batch ``(x, y, c)`` that mixes conditions; hashable (a static argument of the
+  compiled step: new data of the same shapes do not recompile).
+
+  With ``fn=None``: ``data`` holds padded per-condition arrays ``x: (C, n_max, d)`` with row
+  counts ``nx: (C,)`` (likewise ``y``, ``ny``) and encoded contexts ``c: (C, k)``; each row
+  picks a condition uniformly, then a sample of that condition. Otherwise
+  ``fn(key, n) -> (c, x, y)`` is called and its contexts encoded with ``data["cmean"]``,
+  ``data["cscale"]``.
+  """
+
+  batch_size: int
+  fn: Callable | None = None
+  dtype: str = "float32"
+  sharding: Any = None
+
+  def __call__(self, key, data):
+    frame = data["frame"]
+    b = self.batch_size
+    if self.fn is None:
+      kc, kx, ky = jax.random.split(key, 3)
+      cond = jax.random.randint(kc, (b,), 0, data["c"].shape[0])
+      ix = jnp.floor(jax.random.uniform(kx, (b,)) * data["nx"][cond]).astype(jnp.int32)
+      iy = jnp.floor(jax.random.uniform(ky, (b,)) * data["ny"][cond]).astype(jnp.int32)
+      x, y, c = data["x"][cond, ix], data["y"][cond, iy], data["c"][cond]
+    else:
+      c, x, y = self.fn(key, b)
+      c = jnp.asarray(c).reshape(b, -1)
+      c = (c - data["cmean"]) / data["cscale"]
+    x, y = frame.to_source(jnp.asarray(x)), frame.to_target(jnp.asarray(y))
+    out = tuple(v.astype(self.dtype) for v in (x, y, c))
+    if self.sharding is not None:
+      out = tuple(jax.lax.with_sharding_constraint(v, self.sharding) for v in out)
+    return out
+
+
+def _as_points(v, name, dtype):
+  try:
+    arr = np.asarray(v, dtype)
+  except (TypeError, ValueError) as exc:
+    raise TypeError(f"{_NAME}: `{name}` must be an array (n, d), got {type(v).__name__}.") from exc
+  if arr.ndim == 1:
+    arr = arr[:, None]
+  if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] == 0:
+    raise ValueError(f"{_NAME}: `{name}` must have shape (n, d) with n >= 2, got {arr.shape}.")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{_NAME}: `{name}` has NaN or inf values.")
+  return arr
+
+
+def _from_mapping(data: Mapping, context: str, dtype):
+  if not data:
+    raise ValueError(f"{_NAME}: `data` must hold at least one condition, got an empty mapping.")
+  keys = list(data)
+  if context == "auto":
+    context = "label" if all(isinstance(k, str) for k in keys) else "vector"
+  if context == "label":
+    bad = [k for k in keys if not _is_label(k)]
+    if bad:
+      raise ValueError(f"{_NAME}: label conditions must be strings or ints, got {bad[:3]!r}.")
+    contexts = Contexts("label", tuple(_label_key(k) for k in keys))
+  else:
+    try:
+      vecs = [np.asarray(k, np.float64).ravel() for k in keys]
+    except (TypeError, ValueError) as exc:
+      raise ValueError(f"{_NAME}: vector conditions must be numbers or tuples of numbers "
+                       f"(or pass context='label'), got {keys[:3]!r}.") from exc
+    if len({v.size for v in vecs}) != 1 or not all(np.all(np.isfinite(v)) for v in vecs):
+      raise ValueError(f"{_NAME}: vector conditions must all have the same length and be "
+                       f"finite, got {keys[:3]!r}.")
+    contexts = Contexts.fit_vectors(np.stack(vecs))
+  xs, ys = [], []
+  for k in keys:
+    pair = data[k]
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+      raise ValueError(f"{_NAME}: `data[{k!r}]` must be a pair (source, target), got "
+                       f"{type(pair).__name__}.")
+    xs.append(_as_points(pair[0], f"data[{k!r}][0] (source)", dtype))
+    ys.append(_as_points(pair[1], f"data[{k!r}][1] (target)", dtype))
+  dims = {a.shape[1] for a in xs + ys}
+  if len(dims) != 1:
+    raise ValueError(f"{_NAME}: every source and target must have the same dimension, got "
+                     f"{sorted(dims)}.")
+  return contexts, keys, xs, ys
+
+
+def _pad(arrs):
+  n_max = max(a.shape[0] for a in arrs)
+  out = np.zeros((len(arrs), n_max, arrs[0].shape[1]), arrs[0].dtype)
+  for i, a in enumerate(arrs):
+    out[i, :a.shape[0]] = a
+  return out, np.array([a.shape[0] for a in arrs], np.int32)
+
+
+def _lstsq_base(feats, mats, vecs):
+  """Least-squares ``M(c) = M0 + sum_j c_j Mj``, ``v(c) = v0 + c V`` through the conditions'
+  ``mats: (C, d, d)`` and ``vecs: (C, d)`` (minimum norm when underdetermined)."""
+  n, d = vecs.shape
+  design = np.concatenate([np.ones((n, 1)), feats], 1)
+  target = np.concatenate([mats.reshape(n, -1), vecs], 1)
+  coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+  m_all, v_all = coef[:, :d * d].reshape(-1, d, d), coef[:, d * d:]
+  return m_all[0], m_all[1:], v_all[0], v_all[1:]
+
+
+def _psd_root(a, shift):
+  w, v = np.linalg.eigh(0.5 * (a + a.T) - shift * np.eye(a.shape[0]))
+  return (v * np.sqrt(np.clip(w, 1e-6, None))) @ v.T
+
+
+def _base_from_conditions(feats, src_moments, tgt_moments, strong_convexity):
+  roots, bs, invs, binvs = [], [], [], []
+  for (ms, ss), (mt, st) in zip(src_moments, tgt_moments):
+    a, b = (np.asarray(v, np.float64) for v in gaussian.gaussian_map(ms, ss, mt, st))
+    ai, bi = (np.asarray(v, np.float64) for v in gaussian.gaussian_map(mt, st, ms, ss))
+    roots.append(_psd_root(a, strong_convexity))
+    bs.append(b)
+    invs.append(ai)
+    binvs.append(bi)
+  f_base = _lstsq_base(feats, np.stack(roots), np.stack(bs))
+  g_base = _lstsq_base(feats, np.stack(invs), np.stack(binvs))
+  return f_base, g_base
+
+
+def _base_from_sampler(feats, x, y, strong_convexity):
+  """Conditional means linear in the context, pooled residual covariances."""
+  design = np.concatenate([np.ones((len(feats), 1)), feats], 1)
+  bx, *_ = np.linalg.lstsq(design, x, rcond=None)
+  by, *_ = np.linalg.lstsq(design, y, rcond=None)
+  rx, ry = x - design @ bx, y - design @ by
+  d, k = x.shape[1], feats.shape[1]
+  zero = np.zeros(d)
+  a, _ = (np.asarray(v, np.float64) for v in gaussian.gaussian_map(zero, np.cov(rx.T).reshape(d, d),
+                                                                   zero, np.cov(ry.T).reshape(d, d)))
+  ai = np.linalg.inv(a)
+  # grad f = A x + b(c): b(c) = m_y(c) - A m_x(c); inverse: e(c) = m_x(c) - A^-1 m_y(c).
+  f_base = (_psd_root(a, strong_convexity), np.zeros((k, d, d)), by[0] - a @ bx[0],
+            by[1:] - bx[1:] @ a.T)
+  g_base = (ai, np.zeros((k, d, d)), bx[0] - ai @ by[0], bx[1:] - by[1:] @ ai.T)
+  return f_base, g_base
+
+
+def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
+                       max_seconds: float | None = None, batch_size: int | None = None,
+                       seed: int = 0, standardize: bool = True,
+                       checkpoint_dir: str | None = None, checkpoint_every: int = 500,
+                       resume: bool = True, eval_fn: Callable | None = None, eval_every: int = 0,
+                       eval_seconds: float = 0.0, callback: Callable | None = None,
+                       progress: bool = True, log_every: int = 100,
+                       max_param_norm: float = 1e6, dtype=None, mesh=None,
+                       axis_name: str | None = None, **options) -> ConditionalW2Map:
+  """Learn W2 maps ``T(.; c) = grad_x f(.; c)`` for many conditions ``c`` with one model.
+
+  Args:
+    data: a mapping ``condition -> (source, target)`` (arrays ``(n_c, d)``), or a sampler
+      ``sample(key, n) -> (c, x, y)`` with ``c: (n, k)`` (or ``(n,)``), ``x, y: (n, d)``.
+    context: ``"auto"`` (string keys are labels, numbers and tuples of numbers are vectors),
+      ``"label"`` or ``"vector"``; samplers always give vectors.
+    steps: optimizer steps (default 4000 when ``max_seconds`` is not given).
+    max_seconds, batch_size, seed, standardize, checkpoint_dir, checkpoint_every, resume,
+    eval_fn, eval_every, eval_seconds, callback, progress, log_every, max_param_norm, dtype,
+    mesh, axis_name: as in :func:`neural_ot.fit_w2` (``eval_fn(map, step)`` gets the
+      :class:`ConditionalW2Map`).
+    **options: fields of :class:`neural_ot.W2Trainer` (widths, ``context_hidden``, learning
+      rate, conjugate budget, ...); unset ones follow :func:`neural_ot.w2.default_options`.
+
+  Returns:
+    A :class:`ConditionalW2Map` (``transport(x, c)``, ``inverse(y, c)``, ``predict(c)``,
+    ``finetune(source, target, c)``, ``save``).
+
+  Example:
+    >>> import numpy as np, neural_ot
+    >>> x = np.random.default_rng(0).normal(size=(256, 2))
+    >>> m = neural_ot.fit_conditional_w2({0.0: (x, x), 1.0: (x, x + 1.0)}, steps=5,
+    ...                                  batch_size=32, progress=False)
+    >>> m.transport(x[:3], 0.5).shape
+    (3, 2)
+  """
+  fields = {f.name for f in dataclasses.fields(W2Trainer)} - {"context_dim", "context_mode"}
+  unknown = sorted(set(options) - fields)
+  if unknown:
+    raise TypeError(f"{_NAME}: unknown option(s) {unknown}; valid options are {sorted(fields)} "
+                    f"and the keyword arguments of {_NAME}.")
+  if context not in ("auto", "label", "vector"):
+    raise ValueError(f"{_NAME}: `context` must be 'auto', 'label' or 'vector', got {context!r}.")
+  if steps is None and max_seconds is None:
+    steps = 4000
+  for name, val in (("steps", steps), ("batch_size", batch_size),
+                    ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
+    if val is not None and not (isinstance(val, (int, np.integer)) and val >= 1):
+      raise ValueError(f"{_NAME}: `{name}` must be an int >= 1, got {val!r}.")
+  if dtype is None:
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  dtype = np.dtype(dtype)
+  rng = np.random.default_rng(seed)
+
+  if callable(data) and not isinstance(data, Mapping):
+    fn = data
+    c_probe, x_probe, y_probe = _probe_sampler(fn, seed)
+    contexts = Contexts.fit_vectors(c_probe)
+    dim = x_probe.shape[1]
+    pooled_x, pooled_y = x_probe, y_probe
+    n_min, tag = None, "sampler " + getattr(fn, "__qualname__", type(fn).__name__) + " " + \
+        train.data_fingerprint(c_probe[:8].astype(np.float32), x_probe[:8].astype(np.float32))
+  elif isinstance(data, Mapping):
+    fn = None
+    contexts, keys, xs, ys = _from_mapping(data, context, dtype)
+    dim = xs[0].shape[1]
+    take = lambda arrs: np.concatenate([a[rng.permutation(len(a))[:max(64, _N_PROBE // len(arrs))]]
+                                        for a in arrs])
+    pooled_x, pooled_y = take(xs), take(ys)
+    n_min = min(a.shape[0] for a in xs + ys)
+    feats = contexts.encode(list(contexts.labels) if contexts.kind == "label" else
+                            np.stack([np.asarray(k, np.float64).ravel() for k in keys]))
+    tag = "mapping " + train.data_fingerprint(
+        np.asarray(json.dumps(contexts.to_json())), *xs, *ys)
+  else:
+    raise TypeError(f"{_NAME}: `data` must be a mapping condition -> (source, target) or a "
+                    f"sampler `sample(key, n) -> (c, x, y)`, got {type(data).__name__}.")
+
+  defaults = default_options(dim, n_min)
+  batch_default = defaults.pop("batch_size")
+  batch_size = batch_default if batch_size is None else int(batch_size)
+  trainer = W2Trainer(**{**defaults, **options, "context_dim": contexts.dim,
+                         "context_mode": "input"})
+  frame = Frame.fit(pooled_x, pooled_y) if standardize else Frame.identity(dim)
+
+  # The base: Gaussian OT maps of the conditions, affine in the encoded context.
+  base = None
+  if trainer.init == "gaussian":
+    if fn is None:
+      mom = lambda arrs, to: [gaussian.moments(np.asarray(to(a[:_N_PROBE]), np.float64))
+                              for a in arrs]
+      base = _base_from_conditions(feats, mom(xs, frame.to_source), mom(ys, frame.to_target),
+                                   trainer.strong_convexity)
+    else:
+      base = _base_from_sampler(contexts.encode(c_probe), np.asarray(frame.to_source(x_probe)),
+                                np.asarray(frame.to_target(y_probe)), trainer.strong_convexity)
+  key = jax.random.PRNGKey(seed)
+  k_init, k_data = jax.random.split(key)
+  horizon = steps if steps is not None else 1000
+  params = trainer.init_params(k_init, dim, dtype)
+  if base is not None:
+    params = {"f": trainer.f_module.from_base(params["f"], *base[0]),
+              "g": trainer.g_module.from_base(params["g"], *base[1])}
+  state = trainer.init_state(k_init, dim, horizon, dtype=dtype, params=params)
+
+  sharding, placement = None, None
+  if mesh is not None:
+    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+    from neural_ot.sharding import check_mesh_axis  # pylint: disable=import-outside-toplevel
+    axis_name = check_mesh_axis(mesh, axis_name)
+    ndev = mesh.shape[axis_name]
+    if batch_size % ndev:
+      raise ValueError(f"{_NAME}: `batch_size` ({batch_size}) must be a multiple of the "
+                       f"{ndev} devices of mesh axis {axis_name!r}.")
+    sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    placement = lambda tree: jax.device_put(tree, replicated)
+
+  sampler = ConditionSampler(batch_size, fn, dtype.name, sharding)
+  arrays = {"frame": frame.astype(dtype)}
+  if fn is None:
+    (xp, nx), (yp, ny) = _pad(xs), _pad(ys)
+    arrays.update(x=jnp.asarray(xp), nx=jnp.asarray(nx), y=jnp.asarray(yp), ny=jnp.asarray(ny),
+                  c=jnp.asarray(feats, dtype))
+  else:
+    arrays.update(cmean=jnp.asarray(contexts.mean, dtype), cscale=jnp.asarray(contexts.scale, dtype))
+
+  fingerprint = json.dumps({"trainer": as_config(trainer), "steps": steps, "seed": seed,
+                            "batch_size": batch_size, "dim": dim, "standardize": standardize,
+                            "data": tag, "dtype": dtype.name}, sort_keys=True)
+
+  def make_map(st, history=()):
+    return ConditionalW2Map(trainer, st.params, dim, contexts, frame, tuple(history))
+
+  run_eval = None if eval_fn is None else (lambda st, step: eval_fn(make_map(st), step))
+  state, history = train.run(
+      trainer, state, sampler, arrays, k_data, steps=steps, max_seconds=max_seconds,
+      checkpoint_path=os.path.join(checkpoint_dir, _CKPT) if checkpoint_dir else None,
+      fingerprint=fingerprint, resume=resume, checkpoint_every=checkpoint_every,
+      log_every=log_every, max_param_norm=max_param_norm, eval_fn=run_eval,
+      eval_every=eval_every, eval_seconds=eval_seconds, callback=callback, progress=progress,
+      name=_NAME, show=("loss", "conj_iters"), placement=placement,
+      advice="Try a smaller `learning_rate`")
+  return make_map(state, history)
+
+
+def _probe_sampler(fn, seed):
+  try:
+    out = fn(jax.random.PRNGKey(10 ** 6 + seed), _N_PROBE)
+    c, x, y = (np.asarray(v, np.float64) for v in out)
+  except (TypeError, ValueError) as exc:
+    raise ValueError(f"{_NAME}: the sampler must return a tuple (c, x, y) of arrays "
+                     f"({exc}).") from exc
+  if c.ndim == 1:
+    c = c[:, None]
+  n = _N_PROBE
+  if c.shape[:1] != (n,) or c.ndim != 2 or x.ndim != 2 or y.shape != x.shape or x.shape[0] != n:
+    raise ValueError(f"{_NAME}: the sampler must return c: (n, k), x: (n, d), y: (n, d); for "
+                     f"n={n} it returned shapes {c.shape}, {x.shape}, {y.shape}.")
+  if not (np.all(np.isfinite(c)) and np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+    raise ValueError(f"{_NAME}: the sampler returned non-finite values (NaN or inf).")
+  return c, x, y
