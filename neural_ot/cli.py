@@ -55,7 +55,8 @@ class _Parser(argparse.ArgumentParser):
 # --- argument types ----------------------------------------------------------------------
 
 
-def _int_at_least(lo: int):
+def _int_at_least(lo: int, hi: int = 2 ** 31 - 1):
+  # The upper bound keeps values inside what a jitted int32 (or an allocation) can take.
   def parse(text):
     try:
       value = int(text)
@@ -63,9 +64,15 @@ def _int_at_least(lo: int):
       raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < lo:
       raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+    if value > hi:
+      raise argparse.ArgumentTypeError(f"must be <= {hi}, got {value}")
     return value
   parse.__name__ = f"int >= {lo}"
   return parse
+
+
+_seed = _int_at_least(0, 2 ** 32 - 1)  # PRNGKey(2**32) is PRNGKey(0)
+_MAX_SAMPLES = 10 ** 6  # --n: more points than this do not fit the (n, m) problems in memory
 
 
 def _positive_float(text):
@@ -76,6 +83,25 @@ def _positive_float(text):
   if not (math.isfinite(value) and value > 0):
     raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
   return value
+
+
+def _positive_float32(text):
+  """A number > 0 that float32 holds (epsilon, tolerance, learning rate are float32 on the
+  device: 1e-300 would become 0 and 1e300 inf)."""
+  value = _positive_float(text)
+  lo, hi = 1.1754943508222875e-38, 3.4028234663852886e38  # float32 tiny and max
+  if not lo <= value <= hi:
+    raise argparse.ArgumentTypeError(f"must be between {lo:.3g} and {hi:.3g} (float32), got "
+                                     f"{text}")
+  return value
+
+
+def _make_out(path: str, flag: str = "--out") -> None:
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as exc:
+    raise _UserError(f"{flag} {path!r}: cannot create the output folder "
+                     f"({exc.strerror or exc})") from None
 
 
 def _input_file(text):
@@ -106,8 +132,11 @@ def _load_points(path: str, min_points: int = _MIN_POINTS):
         raise _UserError(f"{path}: not a .npy file (no NPY header)")
     try:
       arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-      raise _UserError(f"{path}: not a readable .npy array ({_one_line(exc)})") from None
+    except Exception as exc:  # pylint: disable=broad-except
+      # A hostile header escapes np.load as ValueError, but also as TokenError, MemoryError
+      # (a declared shape of terabytes), ...: all of them mean the file is unusable.
+      raise _UserError(f"{path}: not a readable .npy array ({type(exc).__name__}: "
+                       f"{_one_line(exc)})") from None
   elif path.endswith((".csv", ".txt")):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # "input contained no data": reported below
@@ -264,7 +293,7 @@ def _demo(args) -> int:
   import neural_ot  # pylint: disable=import-outside-toplevel
   from neural_ot import _plotting, data  # pylint: disable=import-outside-toplevel
 
-  os.makedirs(args.out, exist_ok=True)
+  _make_out(args.out)
   src, tgt = data.SAMPLERS[args.source], data.SAMPLERS[args.target]
   t0 = time.perf_counter()
   mp = neural_ot.fit_w2(src, tgt, **_train_options(args))
@@ -295,7 +324,7 @@ def _fit(args) -> int:
   if x.shape[1] != y.shape[1]:
     raise _UserError(f"source and target must have the same dimension: {args.source} has "
                      f"{x.shape[1]} columns, {args.target} has {y.shape[1]}")
-  os.makedirs(args.out, exist_ok=True)
+  _make_out(args.out)
   opts = _train_options(args)
   if args.steps is None and args.minutes is None:
     opts["steps"] = 2000
@@ -363,8 +392,8 @@ def _sinkhorn(args) -> int:
   k1, k2 = jax.random.split(jax.random.PRNGKey(args.seed))
   x, y = _points_for_sinkhorn(src, k1, args.n), _points_for_sinkhorn(tgt, k2, args.n)
   if x.shape[1] != y.shape[1]:
-    raise _UserError(f"source and target must have the same dimension: {x.shape[1]} vs "
-                     f"{y.shape[1]}")
+    raise _UserError(f"source and target must have the same dimension: {src} has "
+                     f"{x.shape[1]} columns, {tgt} has {y.shape[1]}")
   kw = dict(epsilon=args.epsilon, relative_epsilon=args.relative_epsilon, tol=args.tol,
             max_iters=args.max_iters)
   t0 = time.perf_counter()
@@ -384,7 +413,7 @@ def _sinkhorn(args) -> int:
   }
   if getattr(out, "diverged", None) is not None:
     summary["diverged"] = bool(out.diverged)
-  os.makedirs(args.out, exist_ok=True)
+  _make_out(args.out)
   files = []
   if x.shape[1] == 2:
     png = os.path.join(args.out, "sinkhorn_demo.png")
@@ -400,6 +429,10 @@ def _sinkhorn(args) -> int:
   _write_json(js, summary)
   files.append((js, "this summary"))
   _report(summary, files, _SINKHORN_MEANINGS)
+  if bool(getattr(out, "diverged", False)):
+    print(f"neural-ot sinkhorn: the solve diverged (a NaN or inf appeared) at epsilon "
+          f"{float(out.epsilon):.3g}; try another --epsilon", file=sys.stderr)
+    return 1
   if not out.converged:
     print(f"neural-ot sinkhorn: not converged after {int(out.n_iters)} iterations (marginal "
           f"error {float(out.marginal_error):.2g} > --tol {args.tol}); raise --max-iters or "
@@ -419,7 +452,7 @@ def _bench_w2(args) -> int:
         " Make the folder with `neural-ot bench convert SRC DST` (README: Getting the benchmark "
         "data).")
     raise _UserError(_one_line(str(exc) + hint)) from None
-  os.makedirs(args.out, exist_ok=True)
+  _make_out(args.out)
   rows = {}
   for name, (fwd, inv) in w2bench.baselines(pair).items():
     rows[f"baseline: {name}"] = w2bench.evaluate(pair, fwd, inv)
@@ -464,9 +497,9 @@ def _bench_convert(args) -> int:
 
 def _add_training(p, steps, steps_help="optimizer steps"):
   p.add_argument("--steps", type=_int_at_least(1), default=steps, help=steps_help)
-  p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+  p.add_argument("--batch-size", type=_int_at_least(1, 2 ** 20), default=None,
                  help="samples per measure per step (None: fit_w2 picks it from the data)")
-  p.add_argument("--lr", type=_positive_float, default=None,
+  p.add_argument("--lr", type=_positive_float32, default=None,
                  help="peak learning rate (None: fit_w2's default)")
   p.add_argument("--potential", default="icnn", choices=["icnn", "mlp"],
                  help="network of the potential: input-convex (icnn) or plain MLP")
@@ -475,7 +508,7 @@ def _add_training(p, steps, steps_help="optimizer steps"):
                  help="how the inverse-map predictor is trained")
   p.add_argument("--finetune-iters", type=_int_at_least(0), default=None,
                  help="conjugate-solver iterations after the predictor's guess (None: default)")
-  p.add_argument("--seed", type=int, default=0, help="random seed")
+  p.add_argument("--seed", type=_seed, default=0, help="random seed")
   p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -491,7 +524,7 @@ def _parser() -> argparse.ArgumentParser:
                         "write a picture, the map and a summary.")
   demo.add_argument("--source", default="8gaussians", choices=measures, help="source measure")
   demo.add_argument("--target", default="normal", choices=measures, help="target measure")
-  demo.add_argument("--n", type=_int_at_least(2), default=2000,
+  demo.add_argument("--n", type=_int_at_least(2, _MAX_SAMPLES), default=2000,
                     help="held-out samples for the picture and the scores")
   demo.add_argument("--out", default="out", help="output folder")
   _add_training(demo, steps=4000)
@@ -525,9 +558,9 @@ def _parser() -> argparse.ArgumentParser:
                   help="built-in source measure when no SOURCE is given")
   sk.add_argument("--target", default="moons", choices=measures,
                   help="built-in target measure when no TARGET is given")
-  sk.add_argument("--n", type=_int_at_least(2), default=1000,
+  sk.add_argument("--n", type=_int_at_least(2, _MAX_SAMPLES), default=1000,
                   help="samples drawn from a built-in measure")
-  sk.add_argument("--epsilon", type=_positive_float, default=0.01,
+  sk.add_argument("--epsilon", type=_positive_float32, default=0.01,
                   help="entropic regularisation (relative to the mean cost unless "
                   "--absolute-epsilon)")
   eps = sk.add_mutually_exclusive_group()
@@ -535,10 +568,10 @@ def _parser() -> argparse.ArgumentParser:
                    default=True, help="--epsilon is a fraction of the mean pairwise cost")
   eps.add_argument("--absolute-epsilon", dest="relative_epsilon", action="store_false",
                    help="--epsilon is in the units of the cost")
-  sk.add_argument("--tol", type=_positive_float, default=1e-3,
+  sk.add_argument("--tol", type=_positive_float32, default=1e-3,
                   help="stop when the L1 marginal error is below this")
   sk.add_argument("--max-iters", type=_int_at_least(1), default=2000, help="iteration cap")
-  sk.add_argument("--seed", type=int, default=0, help="seed of the built-in samples")
+  sk.add_argument("--seed", type=_seed, default=0, help="seed of the built-in samples")
   sk.add_argument("--out", default="out", help="output folder")
 
   bench = sub.add_parser("bench", help="benchmarks: `bench w2` (the Korotin et al. W2 "
@@ -555,7 +588,7 @@ def _parser() -> argparse.ArgumentParser:
   w2.add_argument("--method", default="regression", choices=list(METHODS), help="method")
   w2.add_argument("--eval-every", type=_int_at_least(1), default=500,
                   help="steps between evaluations")
-  w2.add_argument("--seed", type=int, default=0, help="random seed")
+  w2.add_argument("--seed", type=_seed, default=0, help="random seed")
   w2.add_argument("--quiet", action="store_true", help="no progress output")
   w2.add_argument("--out", default="out/bench_w2", help="output folder")
   cv = bsub.add_parser("convert", help="convert the original .pt files into the folder `bench "
@@ -566,9 +599,9 @@ def _parser() -> argparse.ArgumentParser:
                        "errors), a manifest.")
   cv.add_argument("src", metavar="SRC", help="folder of {D}_v1.pt, {D}_v2.pt, ... files")
   cv.add_argument("dst", metavar="DST", help="output folder (pass it as --data-dir)")
-  cv.add_argument("--n-mc", type=_int_at_least(256), default=2 ** 16,
+  cv.add_argument("--n-mc", type=_int_at_least(256, 2 ** 22), default=2 ** 16,
                   help="Monte-Carlo samples per constant")
-  cv.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo samples")
+  cv.add_argument("--seed", type=_seed, default=0, help="seed of the Monte-Carlo samples")
   cv.add_argument("--quiet", action="store_true", help="no progress output")
   return parser
 
@@ -588,8 +621,8 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:
     print(f"{name}: interrupted", file=sys.stderr)
     return 130
-  except (_UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
-          PermissionError) as exc:
+  except (_UserError, ValueError, TypeError, OSError) as exc:  # OSError: missing, existing,
+    # unwritable files and folders, a full disk
     if os.environ.get("NEURAL_OT_DEBUG"):
       raise
     print(f"{name}: {_one_line(exc)}", file=sys.stderr)

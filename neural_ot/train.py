@@ -68,6 +68,10 @@ def cosine_schedule(step, horizon, peak: float, warmup: int, final: float = 0.05
   return peak * jnp.where(step < warm, (step + 1.0) / warm, cos)
 
 
+def _is_real(v) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
 def _param_norm(params):
   return jnp.sqrt(sum(jnp.sum(jnp.square(v.astype(jnp.float32))) for v in jax.tree.leaves(params)))
 
@@ -152,10 +156,21 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
   """
   if steps is None and max_seconds is None:
     raise ValueError(f"{name}: give `steps`, `max_seconds` or both.")
-  if max_seconds is not None and not float(max_seconds) > 0:
-    raise ValueError(f"{name}: `max_seconds` must be > 0, got {max_seconds!r}.")
-  if not float(eval_seconds) >= 0:
+  # Checked here, once for every trainer: a bad value would otherwise surface steps later as
+  # a ZeroDivisionError, a "diverged" run or an object that is not callable.
+  if max_seconds is not None and not (_is_real(max_seconds) and 0 < max_seconds < math.inf):
+    raise ValueError(f"{name}: `max_seconds` must be a number > 0 (finite), got {max_seconds!r}.")
+  if not (_is_real(eval_seconds) and 0 <= eval_seconds < math.inf):
     raise ValueError(f"{name}: `eval_seconds` must be >= 0, got {eval_seconds!r}.")
+  for what, val, low in (("log_every", log_every, 1), ("checkpoint_every", checkpoint_every, 1),
+                         ("eval_every", eval_every, 0)):
+    if not (isinstance(val, (int, np.integer)) and not isinstance(val, bool) and val >= low):
+      raise ValueError(f"{name}: `{what}` must be an int >= {low}, got {val!r}.")
+  if not (_is_real(max_param_norm) and max_param_norm > 0):
+    raise ValueError(f"{name}: `max_param_norm` must be a number > 0, got {max_param_norm!r}.")
+  for what, fn in (("callback", callback), ("eval_fn", eval_fn)):
+    if fn is not None and not callable(fn):
+      raise TypeError(f"{name}: `{what}` must be callable or None, got {type(fn).__name__}.")
   t_start = time.perf_counter()
   history: list[dict] = []
   prog = _Progress(name, progress)

@@ -235,3 +235,23 @@ def test_predictor_affine_part_is_the_base():
   y, c = jnp.array([1.0, 1.0]), jnp.array([0.5])
   # y B(c) + e(c): B = m0 + 0.5 mc = diag(2.5, 1), e = (1, 2) + 0.5 (0, 1)
   np.testing.assert_allclose(net.apply(params, y, c), [2.5 + 1.0, 1.0 + 2.5], atol=1e-6)
+
+
+def test_meta_map_base_is_a_new_pairs_gaussian_map():
+  rng = np.random.default_rng(7)
+
+  def gaussian_pair(n=600):
+    a, b = rng.normal(size=(2, 2, 2))
+    return (rng.multivariate_normal(rng.normal(size=2), a @ a.T + 0.3 * np.eye(2), n),
+            rng.multivariate_normal(rng.normal(size=2), b @ b.T + 0.3 * np.eye(2), n))
+  pairs = [gaussian_pair() for _ in range(20)]  # 20 pairs > 13 features + 1: exact fit
+  meta = _base_only(fit_conditional_w2(pairs, steps=1, learning_rate=1e-12, **SMALL))
+  assert meta.contexts.kind == "pairs"
+  x, y = gaussian_pair(3000)  # a pair it never saw
+  a, b = gaussian.gaussian_map(*gaussian.moments(x), *gaussian.moments(y))
+  want = x @ np.asarray(a).T + np.asarray(b)
+  spread = np.sqrt(np.mean(np.sum((want - want.mean(0)) ** 2, -1)))
+  assert _rms(meta.transport(x, (x, y)), want) < 0.02 * spread
+  assert _rms(meta.predict((x, y)).transport(x), want) < 0.02 * spread
+  with pytest.raises(ValueError, match="pair"):
+    meta.transport(x, x)

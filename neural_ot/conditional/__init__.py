@@ -2,7 +2,7 @@
 predicted for new conditions and fine-tuned from the prediction."""
 
 from neural_ot.conditional.fit import ConditionSampler, fit_conditional_w2
-from neural_ot.conditional.maps import ConditionalW2Map, Contexts, load_conditional_map
+from neural_ot.conditional.maps import ConditionalW2Map, Contexts, load_conditional_map, pair_features
 
 __all__ = ["ConditionSampler", "ConditionalW2Map", "Contexts", "fit_conditional_w2",
-           "load_conditional_map"]
+           "load_conditional_map", "pair_features"]

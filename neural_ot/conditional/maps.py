@@ -16,7 +16,7 @@ from neural_ot.potentials.conditional import FixedContext
 from neural_ot.w2.maps import Frame, W2Map
 from neural_ot.w2.trainer import W2Trainer, as_config
 
-__all__ = ["ConditionalW2Map", "Contexts", "load_conditional_map"]
+__all__ = ["ConditionalW2Map", "Contexts", "load_conditional_map", "pair_features"]
 
 FORMAT = "neural_ot.ConditionalW2Map/1"
 
@@ -27,6 +27,8 @@ class Contexts(NamedTuple):
   ``kind="vector"``: a real vector (or scalar) ``c``, standardised ``(c - mean) / scale``.
   ``kind="label"``: one of ``labels`` (strings or ints), one-hot encoded (the network's first
   context layer is then a learned embedding).
+  ``kind="pairs"``: a pair of sample sets ``(source, target)`` (meta maps), encoded by
+  :func:`pair_features` (permutation invariant), then standardised.
   """
 
   kind: str
@@ -40,17 +42,25 @@ class Contexts(NamedTuple):
     return len(self.labels) if self.kind == "label" else int(np.size(self.mean))
 
   @classmethod
-  def fit_vectors(cls, c) -> "Contexts":
+  def fit_vectors(cls, c, kind: str = "vector") -> "Contexts":
     c = np.asarray(c, np.float64).reshape(len(c), -1)
     scale = np.std(c, 0)
     scale = np.where(scale > 1e-12, scale, 1.0)
-    return cls("vector", (), c.mean(0), scale)
+    return cls(kind, (), c.mean(0), scale)
 
   def encode(self, c, n: int | None = None, name: str = "c") -> np.ndarray:
     """Encoded contexts ``(n, k)`` (float64). ``c`` is one context (broadcast to ``n`` rows)
     or one per row; a ``ValueError`` names ``name`` for unknown labels, wrong shapes or
     non-finite values."""
-    if self.kind == "label":
+    if self.kind == "pairs":
+      if not (isinstance(c, (tuple, list)) and len(c) == 2):
+        raise ValueError(f"`{name}` must be a pair (source samples, target samples) for this "
+                         f"meta map, got {type(c).__name__}.")
+      feats = pair_features(c[0], c[1], name)
+      if feats.size != self.dim:
+        raise ValueError(f"`{name}`: the samples have the wrong dimension for this map.")
+      out = (feats[None] - np.asarray(self.mean)) / np.asarray(self.scale)
+    elif self.kind == "label":
       index = {lab: i for i, lab in enumerate(self.labels)}
       single = _is_label(c)
       items = [c] if single else list(np.asarray(c, object).ravel())
@@ -96,6 +106,26 @@ class Contexts(NamedTuple):
     mean = None if d["mean"] is None else np.asarray(d["mean"], np.float64)
     scale = None if d["scale"] is None else np.asarray(d["scale"], np.float64)
     return cls(d["kind"], labels, mean, scale)
+
+
+def pair_features(source, target, name: str = "c") -> np.ndarray:
+  """A permutation-invariant summary of a pair of sample sets ``(n, d)``, ``(m, d)``: the
+  symmetric root of the Gaussian OT map's matrix, its shift, and the same for the inverse map
+  (``2 d^2 + 2 d`` numbers). A conditional network whose base is affine in its context can
+  then reproduce every pair's Gaussian map exactly, new pairs included."""
+  from neural_ot import gaussian  # pylint: disable=import-outside-toplevel
+  x = _validation.check_points(source, f"{name}[0] (source samples)")
+  y = _validation.check_points(target, f"{name}[1] (target samples)")
+  if x.shape[1] != y.shape[1] or x.shape[0] < 2 or y.shape[0] < 2:
+    raise ValueError(f"`{name}`: source and target samples must have the same dimension and "
+                     f"at least 2 rows each, got {tuple(x.shape)} and {tuple(y.shape)}.")
+  mx, sx = (np.asarray(v, np.float64) for v in gaussian.moments(np.asarray(x, np.float64)))
+  my, sy = (np.asarray(v, np.float64) for v in gaussian.moments(np.asarray(y, np.float64)))
+  a, b = (np.asarray(v, np.float64) for v in gaussian.gaussian_map(mx, sx, my, sy))
+  ai, bi = (np.asarray(v, np.float64) for v in gaussian.gaussian_map(my, sy, mx, sx))
+  w, v = np.linalg.eigh(0.5 * (a + a.T))
+  root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+  return np.concatenate([root.ravel(), b, ai.ravel(), bi])
 
 
 def _is_label(v) -> bool:

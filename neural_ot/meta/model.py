@@ -223,7 +223,49 @@ class _PairsSampler:
 
   def __call__(self, key, data):
     a, b = self.pairs(key, self.batch_size)
+    want = (self.batch_size, data["support"].shape[0])
+    if jnp.shape(a) != want or jnp.shape(b) != want:  # static shapes: checked while tracing
+      raise ValueError(f"fit_meta: `pairs(key, {self.batch_size})` must return two {want} "
+                       f"arrays, got {jnp.shape(a)} and {jnp.shape(b)}.")
     return jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), data["support"]
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _probe_pairs(pairs, n: int, k: int = 2):
+  """``pairs(PRNGKey(0), k)``, checked like :meth:`MetaOT.predict`'s
+  inputs: real, shape ``(k, n)``, finite, non-negative, each row summing to one."""
+  if not callable(pairs):
+    raise TypeError(f"fit_meta: `pairs` must be a function `pairs(key, k) -> (a, b)`, got "
+                    f"{type(pairs).__name__}.")
+  try:
+    out = pairs(jax.random.PRNGKey(0), k)
+  except TypeError as exc:  # most often the signature
+    raise TypeError(f"fit_meta: `pairs` failed when called as `pairs(key, {k})`: {exc}") from exc
+  if not (isinstance(out, (tuple, list)) and len(out) == 2):
+    raise ValueError(f"fit_meta: `pairs(key, k)` must return a pair (a, b) of (k, {n}) arrays, "
+                     f"got {type(out).__name__}.")
+  hs = []
+  for h in out:
+    try:
+      h = np.asarray(h)
+    except (ValueError, TypeError) as exc:  # ragged nesting
+      raise ValueError(f"fit_meta: `pairs(key, k)` must return arrays ({exc}).") from None
+    if h.dtype.kind not in "biuf":
+      raise TypeError(f"fit_meta: `pairs(key, k)` must return real histograms, got dtype "
+                      f"{h.dtype}.")
+    hs.append(h.astype(np.float32))
+  if hs[0].shape != (k, n) or hs[1].shape != (k, n):
+    raise ValueError(f"fit_meta: `pairs(key, k)` must return two (k, {n}) arrays, got "
+                     f"{hs[0].shape} and {hs[1].shape}.")
+  for h in hs:
+    if not np.all(np.isfinite(h)) or np.any(h < 0) or not np.allclose(h.sum(-1), 1.0, atol=1e-3):
+      raise ValueError(f"fit_meta: `pairs(key, k)` must return histograms (finite, "
+                       f"non-negative, each row summing to one); row sums {h.sum(-1)}, min "
+                       f"{np.min(h):.3g}.")
+  return out[0], out[1]
 
 
 def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
@@ -254,21 +296,51 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
     >>> m.predict(*pairs(jax.random.PRNGKey(9), 1))[0].shape
     (1, 36)
   """
-  support = jnp.asarray(support, jnp.float32)
-  if support.ndim != 2:
-    raise ValueError(f"fit_meta: `support` must have shape (n, d), got {tuple(support.shape)}.")
+  support = _validation.check_points(support, "support").astype(jnp.float32)
+  # The squared diagonal of the bounding box: at least the largest cost, at most d times it.
+  cost_max = float(np.sum(np.ptp(np.asarray(support, np.float64), axis=0) ** 2))
+  if not cost_max < float(np.finfo(np.float32).max):
+    raise ValueError(f"fit_meta: `support` is too spread out: its squared diameter "
+                     f"{cost_max:.3g} overflows float32.")
   for name, val in (("steps", steps), ("batch_size", batch_size)):
-    if not (isinstance(val, (int, np.integer)) and val >= 1):
+    if not (_is_int(val) and val >= 1):
       raise ValueError(f"fit_meta: `{name}` must be an int >= 1, got {val!r}.")
+  steps, batch_size = int(steps), int(batch_size)  # numpy ints do not go into JSON
+  if not (_is_int(seed) and 0 <= seed < 2 ** 32):
+    raise ValueError(f"fit_meta: `seed` must be an int in [0, 2**32), got {seed!r}.")
+  seed = int(seed)
   if base not in ("gaussian", "zeros"):
     raise ValueError(f"fit_meta: `base` must be 'gaussian' or 'zeros', got {base!r}.")
-  if not float(epsilon) > 0:
-    raise ValueError(f"fit_meta: `epsilon` must be > 0, got {epsilon!r}.")
+  try:
+    kind = "O" if isinstance(epsilon, (str, bytes)) else np.asarray(epsilon).dtype.kind
+  except (ValueError, TypeError):  # ragged nesting
+    kind = "O"
+  if kind not in "iuf":
+    raise TypeError(f"fit_meta: `epsilon` must be a real number, got "
+                    f"{type(epsilon).__name__} {epsilon!r}.")
+  if np.shape(epsilon) != () or not 0 < float(epsilon) < float("inf"):
+    raise ValueError(f"fit_meta: `epsilon` must be > 0 and finite, got {epsilon!r}.")
+  # Below the float32 resolution of the largest cost the exponents (f - C) / eps lose all
+  # precision: the c-transform of a prediction overflows to inf (measured at eps = 1e-12).
+  if float(epsilon) < np.finfo(np.float32).eps * cost_max:
+    raise ValueError(f"fit_meta: `epsilon` ({epsilon!r}) is below the float32 resolution of the "
+                     f"costs (2^-23 x the support's squared diameter {cost_max:.3g}); it must "
+                     f"be at least {np.finfo(np.float32).eps * cost_max:.3g}.")
+  if not (isinstance(learning_rate, (int, float, np.integer, np.floating))
+          and not isinstance(learning_rate, bool) and 0 < learning_rate < float("inf")):
+    raise ValueError(f"fit_meta: `learning_rate` must be a finite number > 0, got "
+                     f"{learning_rate!r}.")
+  if not (isinstance(hidden, (tuple, list)) and all(_is_int(h) for h in hidden)):
+    raise TypeError(f"fit_meta: `hidden` must be a tuple of layer widths (ints), got {hidden!r}.")
+  if any(h < 1 for h in hidden):
+    raise ValueError(f"fit_meta: `hidden` widths must be >= 1, got {tuple(hidden)}.")
+  if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+    raise TypeError(f"fit_meta: `checkpoint_dir` must be a path or None, got "
+                    f"{type(checkpoint_dir).__name__}.")
   n = support.shape[0]
-  a0, b0 = pairs(jax.random.PRNGKey(0), 2)
-  if np.shape(a0) != (2, n) or np.shape(b0) != (2, n):
-    raise ValueError(f"fit_meta: `pairs(key, k)` must return two (k, {n}) arrays, got "
-                     f"{np.shape(a0)} and {np.shape(b0)}.")
+  a0, b0 = _probe_pairs(pairs, n)  # what the fingerprint and the initialisation see
+  if batch_size != 2:
+    _probe_pairs(pairs, n, batch_size)  # and a training batch
   trainer = MetaTrainer(n, tuple(int(h) for h in hidden), float(epsilon), base,
                         float(learning_rate))
   key = jax.random.PRNGKey(seed)

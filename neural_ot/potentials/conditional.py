@@ -17,6 +17,7 @@ context, and the network learns the correction. ``ConditionalPredictor`` predict
 conjugate's argmax, ``x_hat(y; c) = y B(c) + e(c) + MLP([y, u])``, with its affine part set to
 the inverse Gaussian maps.
 
+The context path sees ``4 tanh(c / 4)`` (a soft clip of the standardised context).
 ``FixedContext`` wraps either network into a plain (unconditional) one whose context is a
 parameter: a conditional prediction becomes the starting point of an ordinary fit.
 """
@@ -37,7 +38,10 @@ _ONE = 0.5413248546129181  # softplus(_ONE) == 1: context gains start at 1
 
 
 def _context_path(c, hidden):
-  u = c
+  # A soft clip to |c| < 4 (about the identity on standardised training contexts): a context
+  # far outside the training range (a new pair of measures, a large dose) cannot drive the
+  # correction wild; the affine base still sees the context as it is.
+  u = 4.0 * jnp.tanh(c / 4.0)
   for width in hidden:
     u = jax.nn.gelu(nn.Dense(width)(u))
   return u

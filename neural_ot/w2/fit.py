@@ -108,28 +108,51 @@ class PairSampler:
     return x.astype(self.dtype), y.astype(self.dtype)
 
 
-def _check_sampler(fn, name):
-  probe = np.asarray(fn(jax.random.PRNGKey(0), 8))
-  if probe.ndim != 2 or probe.shape[0] != 8:
+def _check_sampler(fn, name, n=8, seed=0):
+  """``fn(PRNGKey(seed), n)`` as a numpy array, checked: real numbers, shape ``(n, d)``, finite."""
+  try:
+    probe = np.asarray(fn(jax.random.PRNGKey(seed), n))
+  except TypeError as exc:  # most often the signature: not sample(key, n)
+    raise TypeError(f"fit_w2: sampler `{name}` failed when called as `{name}(key, {n})`: "
+                    f"{exc}") from exc
+  if probe.dtype.kind not in "biuf":
+    raise TypeError(f"fit_w2: sampler `{name}(key, n)` must return real numbers, it returned "
+                    f"dtype {probe.dtype}.")
+  if probe.ndim != 2 or probe.shape[0] != n:
     raise ValueError(f"fit_w2: sampler `{name}(key, n)` must return an array of shape (n, d); "
-                     f"for n=8 it returned shape {probe.shape}.")
+                     f"for n={n} it returned shape {probe.shape}.")
   if not np.all(np.isfinite(probe)):
-    raise ValueError(f"fit_w2: sampler `{name}` returned non-finite values (NaN or inf).")
+    raise ValueError(f"fit_w2: sampler `{name}` returned non-finite values (NaN or inf) for "
+                     f"n={n}.")
   return probe
+
+
+def _check_spread(arr, name):
+  # All rows one point (up to rounding, e.g. a large offset in float32): the standardisation
+  # and the Gaussian start divide by a zero spread, and training diverges at its first step.
+  a64 = arr.astype(np.float64)  # no overflow in the range of float32 data near its max
+  if np.max(np.ptp(a64, axis=0)) <= 4 * np.finfo(arr.dtype).eps * np.max(np.abs(a64)):
+    raise ValueError(f"fit_w2: all samples of `{name}` are the same point (up to rounding); "
+                     f"a W2 map needs measures with some spread.")
 
 
 def _prepare(data, name: str, dtype, rng, seed):
   """``(fn or None, train array or None, moment sample, held-out sample, fingerprint part)``."""
   if callable(data):
     probe = _check_sampler(data, name)
-    moment = np.asarray(data(jax.random.PRNGKey(10 ** 6 + seed), _N_MOMENTS), dtype)
-    held = np.asarray(data(jax.random.PRNGKey(2 * 10 ** 6 + seed), _N_HELD_OUT), dtype)
+    moment = _check_sampler(data, name, _N_MOMENTS, 10 ** 6 + seed).astype(dtype)
+    held = _check_sampler(data, name, _N_HELD_OUT, 2 * 10 ** 6 + seed).astype(dtype)
     tag = f"sampler {getattr(data, '__qualname__', type(data).__name__)} " + \
         train.data_fingerprint(probe.astype(np.float32))
     return data, None, moment, held, tag
   try:
-    arr = np.asarray(data, dtype)
+    arr = np.asarray(data)
+    if np.iscomplexobj(arr):  # the cast would drop the imaginary part with only a warning
+      raise TypeError(f"fit_w2: `{name}` must be real, got complex dtype {arr.dtype}.")
+    arr = arr.astype(dtype)
   except (TypeError, ValueError) as exc:
+    if str(exc).startswith("fit_w2:"):
+      raise
     raise TypeError(f"fit_w2: `{name}` must be an array (n, d) or a sampler "
                     f"`sample(key, n) -> (n, d)`, got {type(data).__name__}.") from exc
   if arr.ndim == 1:
@@ -149,6 +172,35 @@ def _prepare(data, name: str, dtype, rng, seed):
   if n_held == 0:  # too few rows to hold any out: the estimate is in-sample (documented)
     held = rest
   return None, rest, rest[:_N_MOMENTS], held, tag
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_options(options: dict) -> None:
+  """Types and ranges of :class:`W2Trainer` options, read from the type of each field's
+  default (the trainer checks the allowed strings and the tighter ranges): a bad value is a
+  ``TypeError``/``ValueError`` naming it, not a failure deep inside flax or the schedule."""
+  defaults = {f.name: f.default for f in dataclasses.fields(W2Trainer)}
+  for name, val in options.items():
+    default = defaults.get(name)
+    if isinstance(default, str) and not isinstance(val, str):
+      raise TypeError(f"fit_w2: `{name}` must be a string, got {val!r}.")
+    if isinstance(default, tuple):  # layer widths
+      if not (isinstance(val, (tuple, list)) and all(_is_int(w) for w in val)):
+        raise TypeError(f"fit_w2: `{name}` must be a tuple of layer widths (ints), got {val!r}.")
+      if any(w < 1 for w in val):
+        raise ValueError(f"fit_w2: `{name}` widths must be >= 1, got {tuple(val)}.")
+    elif isinstance(default, int) and not isinstance(default, bool):
+      if not (_is_int(val) and val >= 0):
+        raise ValueError(f"fit_w2: `{name}` must be an int >= 0, got {val!r}.")
+    elif isinstance(default, float):
+      if not (isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(
+          val, (bool, np.bool_))):
+        raise TypeError(f"fit_w2: `{name}` must be a real number, got {val!r}.")
+      if not (np.isfinite(val) and val >= 0):
+        raise ValueError(f"fit_w2: `{name}` must be finite and >= 0, got {val!r}.")
 
 
 def training_rows(n: int) -> int:
@@ -221,13 +273,35 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
     steps = 4000
   for name, val in (("steps", steps), ("batch_size", batch_size),
                     ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-    if val is not None and not (isinstance(val, (int, np.integer)) and val >= 1):
+    if val is not None and not (_is_int(val) and val >= 1):
       raise ValueError(f"fit_w2: `{name}` must be an int >= 1, got {val!r}.")
-  if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
-    raise ValueError(f"fit_w2: `max_seconds` must be a number > 0, got {max_seconds!r}.")
+  # numpy ints would not go into the checkpoint's JSON fingerprint.
+  steps = None if steps is None else int(steps)
+  batch_size = None if batch_size is None else int(batch_size)
+  if not (_is_int(seed) and 0 <= seed < 2 ** 32):
+    raise ValueError(f"fit_w2: `seed` must be an int in [0, 2**32), got {seed!r}.")
+  seed = int(seed)
+  if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and not isinstance(
+      max_seconds, bool) and 0 < max_seconds < float("inf")):
+    raise ValueError(f"fit_w2: `max_seconds` must be a number > 0 (finite), got {max_seconds!r}.")
+  for name, val in (("standardize", standardize), ("resume", resume)):
+    if not isinstance(val, (bool, np.bool_)):
+      raise TypeError(f"fit_w2: `{name}` must be True or False, got {val!r}.")
+  if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+    raise TypeError(f"fit_w2: `checkpoint_dir` must be a path or None, got "
+                    f"{type(checkpoint_dir).__name__}.")
+  if eval_fn is not None and not callable(eval_fn):  # run() only sees a wrapper of it
+    raise TypeError(f"fit_w2: `eval_fn` must be callable or None, got {type(eval_fn).__name__}.")
+  _check_options(options)
   if dtype is None:
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  dtype = np.dtype(dtype)
+  try:
+    dtype = np.dtype(dtype)
+  except TypeError as exc:
+    raise TypeError(f"fit_w2: `dtype` must be a float dtype, got {dtype!r}.") from None
+  # float16 and bfloat16 train to NaN at the first step (measured); ints cannot be trained.
+  if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+    raise ValueError(f"fit_w2: `dtype` must be float32 or float64, got {dtype}.")
 
   rng = np.random.default_rng(seed)
   src_fn, src_arr, src_mom, src_held, src_tag = _prepare(source, "source", dtype, rng, seed)
@@ -236,6 +310,8 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   if d_src != d_tgt:
     raise ValueError(f"fit_w2: `source` and `target` must have the same dimension, got "
                      f"d={d_src} and d={d_tgt}.")
+  _check_spread(src_mom, "source")
+  _check_spread(tgt_mom, "target")
   dim = d_src
   n_min = min(a.shape[0] for a in (src_arr, tgt_arr) if a is not None) if (
       src_arr is not None or tgt_arr is not None) else None

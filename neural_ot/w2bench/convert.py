@@ -28,7 +28,7 @@ from neural_ot.w2bench.torch_pt import load_pt
 __all__ = ["input_mixture", "benchmark_constants", "convert_folder"]
 
 _STRONG_CONVEXITY = 1e-2  # what Mix3ToMix10Benchmark passes to DenseICNN (not in the files)
-_PT = re.compile(r"^(\d+)_(v1|v2)(_conj)?\.pt$")
+_PT = re.compile(r"^([1-9]\d*)_(v1|v2)(_conj)?\.pt$")
 
 
 def input_mixture(dim: int, seed: int = 0, num: int = 3, dist: float = 1.0,
@@ -232,15 +232,31 @@ def convert_folder(src: str, dst: str, n_mc: int = 2 ** 16, seed: int = 0,
 
   Raises:
     FileNotFoundError: ``src`` is not a folder. ValueError: no ``.pt`` files in it, or a file
-      that is not a state dict of a DenseICNN of its dimension (the message names it).
+      that is not a state dict of a DenseICNN of its dimension (the message names it); ``dst``
+      is a file; ``n_mc < 2``. TypeError: ``src``/``dst`` not paths, ``progress`` not callable.
   """
+  for name, val in (("src", src), ("dst", dst)):
+    if not isinstance(val, (str, os.PathLike)):
+      raise TypeError(f"convert_folder: `{name}` must be a path, got {type(val).__name__}.")
   src, dst = os.fspath(src), os.fspath(dst)
+  # n_mc = 1 gives NaN standard errors and scale (ddof = 1); checked before any work.
+  if not (isinstance(n_mc, (int, np.integer)) and not isinstance(n_mc, bool) and n_mc >= 2):
+    raise ValueError(f"convert_folder: `n_mc` must be an int >= 2, got {n_mc!r}.")
+  if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
+    raise ValueError(f"convert_folder: `seed` must be an int >= 0, got {seed!r}.")
+  n_mc, seed = int(n_mc), int(seed)
+  if progress is not None and not callable(progress):
+    raise TypeError(f"convert_folder: `progress` must be callable or None, got "
+                    f"{type(progress).__name__}.")
   if not os.path.isdir(src):
     raise FileNotFoundError(f"convert_folder: no such folder: {src!r}")
+  if os.path.exists(dst) and not os.path.isdir(dst):
+    raise ValueError(f"convert_folder: `dst` {dst!r} exists and is not a folder.")
   if not any(n.endswith(".pt") for n in os.listdir(src)) and os.path.isdir(
       os.path.join(src, "Mix3toMix10")):
     src = os.path.join(src, "Mix3toMix10")
-  names = sorted(n for n in os.listdir(src) if n.endswith(".pt"))
+  names = sorted(n for n in os.listdir(src)
+                 if n.endswith(".pt") and os.path.isfile(os.path.join(src, n)))
   if not names:
     raise ValueError(f"convert_folder: no .pt files in {src!r}; expected the benchmark's "
                      f"benchmarks/Mix3toMix10 folder ({{D}}_v1.pt, {{D}}_v2.pt, ...).")

@@ -8,10 +8,11 @@ persistent ids. Only what a state dict of tensors needs is rebuilt
 the pickle is refused, so a hostile file cannot run code.
 
 The input is treated as hostile throughout: every declared size is checked before
-anything is allocated or read (zip entries against ``max_bytes``, storages against
-their declared element count and dtype, tensor views against their storage), so a
-crafted file ends in a :class:`PtFileError` naming it, never in a read outside a
-buffer, a huge allocation or a crash.
+anything is allocated or read (zip entries and rebuilt tensors against what is left of
+``max_bytes``, storages against their declared element count and dtype, tensor views
+against their storage, the pickle's memo indices against its length), so a crafted file
+ends in a :class:`PtFileError` naming it, never in a read outside a buffer, a huge
+allocation or a crash.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import io
 import math
 import os
 import pickle
+import pickletools
+import struct
 import zipfile
+import zlib
+
+try:  # zipfile decompresses LZMA members with it when present
+  from lzma import LZMAError
+except ImportError:  # pragma: no cover
+  LZMAError = zlib.error
 
 import numpy as np
 
@@ -31,7 +40,9 @@ _STORAGES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStora
              "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
              "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
 _MAX_NDIM = 32
-_MAX_BYTES = 2 ** 31  # per zip entry; a state dict of this library's sizes is far below
+_MAX_BYTES = 2 ** 31  # per file; a state dict of this library's sizes is far below
+# Opcodes a state dict never holds: out-of-band buffers (protocol 5).
+_NO_OPS = frozenset({"NEXT_BUFFER", "READONLY_BUFFER", "BYTEARRAY8"})
 
 
 class PtFileError(ValueError, pickle.UnpicklingError):
@@ -77,8 +88,8 @@ def _rebuild_tensor(storage, offset, size, stride, *unused, max_bytes=_MAX_BYTES
                    f"not written by torch)")
   n, numel = len(storage), math.prod(size)
   if numel * storage.dtype.itemsize > max_bytes:
-    raise _Refused(f"a tensor of size {size} declares {numel} elements (more than `max_bytes` = "
-                   f"{max_bytes} bytes)")
+    raise _Refused(f"a tensor of size {size} declares {numel} elements (more than the "
+                   f"{max_bytes} bytes left of `max_bytes`)")
   if numel == 0:
     if offset > n:
       raise _Refused(f"a tensor has storage offset {offset} beyond its storage of {n} elements")
@@ -102,6 +113,19 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
   return data
 
 
+def _scan(raw: bytes) -> None:
+  """Refuse, before unpickling, what the C unpickler would turn into a huge allocation: a
+  memo index far beyond the opcodes read so far (it grows its memo table to the index, e.g.
+  ``LONG_BINPUT 774909555`` is gigabytes), or a frame longer than the pickle."""
+  for i, (op, arg, pos) in enumerate(pickletools.genops(raw)):
+    if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= i:
+      raise _Refused(f"memo index {arg} at byte {pos} of the pickle, after only {i} opcodes")
+    if op.name in _NO_OPS:
+      raise _Refused(f"opcode {op.name} at byte {pos} of the pickle (not part of a state dict)")
+    if op.name == "FRAME" and arg > len(raw) - pos:
+      raise _Refused(f"a frame of {arg} bytes at byte {pos} of a {len(raw)}-byte pickle")
+
+
 def _read(archive: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
   """An entry's bytes, refusing declared sizes above ``max_bytes`` before reading them."""
   try:
@@ -109,8 +133,8 @@ def _read(archive: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
   except KeyError:
     raise _Refused(f"the archive has no entry {name!r}") from None
   if info.file_size > max_bytes:
-    raise _Refused(f"entry {name!r} declares {info.file_size} bytes (limit {max_bytes}; pass "
-                   f"`max_bytes` to raise it)")
+    raise _Refused(f"entry {name!r} declares {info.file_size} bytes (limit {max_bytes} left of "
+                   f"`max_bytes`; pass `max_bytes` to raise it)")
   with archive.open(info) as fh:
     raw = fh.read(info.file_size + 1)  # +1: catches an entry longer than declared
   if len(raw) != info.file_size:
@@ -121,14 +145,21 @@ def _read(archive: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
 class _Unpickler(pickle.Unpickler):
   def __init__(self, fh, archive: zipfile.ZipFile, root: str, max_bytes: int):
     super().__init__(fh)
-    self._archive, self._root, self._max_bytes = archive, root, max_bytes
+    # One budget for everything read or rebuilt: many entries or many zero-stride views of a
+    # small storage cannot add up to more than `max_bytes`.
+    self._archive, self._root, self._left = archive, root, max_bytes
     self._storages = {}
+
+  def _rebuild(self, *args):
+    arr = _rebuild_tensor(*args, max_bytes=self._left)
+    self._left -= arr.nbytes
+    return arr
 
   def find_class(self, module, name):
     if (module, name) == ("collections", "OrderedDict"):
       return collections.OrderedDict
     if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-      return lambda *args: _rebuild_tensor(*args, max_bytes=self._max_bytes)
+      return self._rebuild
     if (module, name) == ("torch._utils", "_rebuild_parameter"):
       return _rebuild_parameter
     if module == "torch" and name in _STORAGES:
@@ -150,7 +181,8 @@ class _Unpickler(pickle.Unpickler):
       if arr.dtype != dtype:
         raise _Refused(f"storage {key!r} is used as {arr.dtype} and as {dtype} (dtype mismatch)")
       return arr
-    raw = _read(self._archive, f"{self._root}/data/{key}", self._max_bytes)
+    raw = _read(self._archive, f"{self._root}/data/{key}", self._left)
+    self._left -= len(raw)
     if len(raw) % dtype.itemsize:
       raise _Refused(f"storage {key!r} has {len(raw)} bytes, not a whole number of {dtype} "
                      f"elements (dtype mismatch)")
@@ -168,14 +200,15 @@ def load_pt(path: str, max_bytes: int = _MAX_BYTES) -> dict[str, np.ndarray]:
 
   Args:
     path: a zip-format PyTorch file (``torch.save`` of a state dict, torch >= 1.6).
-    max_bytes: largest zip entry (pickle or storage) read, checked against the declared size
-      before reading.
+    max_bytes: the most bytes read from the archive (pickle and storages) and allocated for
+      the tensors rebuilt from them, in all; declared sizes are checked against what is left
+      before anything is read or allocated.
 
   Returns:
     ``{name: array}`` in the file's order, arrays copied out of the archive.
 
   Raises:
-    FileNotFoundError: no such file.
+    FileNotFoundError: no such file. TypeError: ``path`` is not a path.
     PtFileError: (a ``ValueError``) not a zip archive, a truncated or corrupt one (CRC
       errors), a pickle holding anything besides tensors in (ordered) dicts, a tensor view
       outside its storage, negative strides or offsets, a storage whose byte length does not
@@ -186,10 +219,18 @@ def load_pt(path: str, max_bytes: int = _MAX_BYTES) -> dict[str, np.ndarray]:
     >>> sd["final_layer.weight"].shape  # doctest: +SKIP
     (1, 32)
   """
-  path = os.fspath(path)
+  if not isinstance(path, (str, bytes, os.PathLike)):
+    raise TypeError(f"load_pt: `path` must be a path, got {type(path).__name__}.")
+  path = os.fsdecode(path)
+  if not (isinstance(max_bytes, int) and not isinstance(max_bytes, bool) and max_bytes >= 1):
+    raise ValueError(f"load_pt: `max_bytes` must be an int >= 1, got {max_bytes!r}.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"load_pt: no such file: {path!r}")
-  if not zipfile.is_zipfile(path):
+  try:
+    is_zip = zipfile.is_zipfile(path)
+  except (zipfile.BadZipFile, ValueError, OverflowError, struct.error):
+    is_zip = False  # is_zipfile lets some of these escape (e.g. a damaged ZIP64 record)
+  if not is_zip:
     raise PtFileError(f"load_pt: {path!r} is not a zip-format PyTorch file (torch >= 1.6), or "
                       f"it is truncated.")
   try:
@@ -199,17 +240,22 @@ def load_pt(path: str, max_bytes: int = _MAX_BYTES) -> dict[str, np.ndarray]:
         raise _Refused(f"expected one data.pkl entry, found {len(pkl)}")
       root = pkl[0][: -len("/data.pkl")] if "/" in pkl[0] else ""
       raw = _read(archive, pkl[0], max_bytes)
-      obj = _Unpickler(io.BytesIO(raw), archive, root, max_bytes).load()
+      _scan(raw)
+      obj = _Unpickler(io.BytesIO(raw), archive, root, max_bytes - len(raw)).load()
   except _Refused as exc:
     raise PtFileError(f"load_pt: {path!r}: {exc}.") from None
   except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError,
           pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-          OverflowError, RecursionError, UnicodeDecodeError, MemoryError) as exc:
+          OverflowError, RecursionError, UnicodeDecodeError, MemoryError, zlib.error,
+          LZMAError, struct.error) as exc:
     # Corrupt archive (CRC), truncated pickle, or a pickle whose opcodes do not fit together.
     raise PtFileError(f"load_pt: {path!r} is corrupt or not a PyTorch state dict "
                       f"({type(exc).__name__}: {exc}).") from None
   if not isinstance(obj, dict):
     raise PtFileError(f"load_pt: {path!r} holds a {type(obj).__name__}, not a state dict.")
+  if not all(isinstance(k, str) for k in obj):  # str() of a deeply nested key would recurse
+    raise PtFileError(f"load_pt: {path!r}: a state dict's keys are names, found a "
+                      f"{type(next(k for k in obj if not isinstance(k, str))).__name__}.")
   bad = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
   if bad:
     raise PtFileError(f"load_pt: {path!r}: entry {bad[0]!r} is a {type(obj[bad[0]]).__name__}, "
