@@ -18,7 +18,7 @@ PAGES = {
     "train": "neural_ot.train", "meta": "neural_ot.meta", "w2bench": "neural_ot.w2bench",
     "sharding": "neural_ot.sharding", "gaussian": "neural_ot.gaussian", "io": "neural_ot.io",
     "potentials": "neural_ot.potentials", "conjugate": "neural_ot.conjugate",
-    "data": "neural_ot.data",
+    "data": "neural_ot.data", "conditional": "neural_ot.conditional",
 }
 
 

@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from neural_ot import gaussian, train
-from neural_ot.conditional.maps import (ConditionalW2Map, Contexts, _is_label, _label_key,
-                                         pair_features)
+from neural_ot.conditional.maps import ConditionalW2Map, Contexts, pair_features
 from neural_ot.w2.fit import default_options
 from neural_ot.w2.maps import Frame
 from neural_ot.w2.trainer import W2Trainer, as_config
@@ -118,10 +117,10 @@ def _from_mapping(data: Mapping, context: str, dtype):
   if context == "auto":
     context = "label" if all(isinstance(k, str) for k in keys) else "vector"
   if context == "label":
-    bad = [k for k in keys if not _is_label(k)]
-    if bad:
-      raise ValueError(f"{_NAME}: label conditions must be strings or ints, got {bad[:3]!r}.")
-    contexts = Contexts("label", tuple(_label_key(k) for k in keys))
+    try:
+      contexts = Contexts.for_labels(keys)
+    except ValueError as exc:
+      raise ValueError(f"{_NAME}: {exc}") from None
   else:
     try:
       vecs = [np.asarray(k, np.float64).ravel() for k in keys]
@@ -222,10 +221,11 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
     context: ``"auto"`` (string keys are labels, numbers and tuples of numbers are vectors),
       ``"label"`` or ``"vector"``; samplers always give vectors.
     steps: optimizer steps (default 4000 when ``max_seconds`` is not given).
-    max_seconds, batch_size, seed, standardize, checkpoint_dir, checkpoint_every, resume,
-    eval_fn, eval_every, eval_seconds, callback, progress, log_every, max_param_norm, dtype,
-    mesh, axis_name: as in :func:`neural_ot.fit_w2` (``eval_fn(map, step)`` gets the
-      :class:`ConditionalW2Map`).
+    max_seconds: wall-clock budget; this and the other keywords (``batch_size``, ``seed``,
+      ``standardize``, ``checkpoint_dir``, ``checkpoint_every``, ``resume``, ``eval_fn``,
+      ``eval_every``, ``eval_seconds``, ``callback``, ``progress``, ``log_every``,
+      ``max_param_norm``, ``dtype``, ``mesh``, ``axis_name``) work as in
+      :func:`neural_ot.fit_w2` (``eval_fn(map, step)`` gets the :class:`ConditionalW2Map`).
     **options: fields of :class:`neural_ot.W2Trainer` (widths, ``context_hidden``, learning
       rate, conjugate budget, ...); unset ones follow :func:`neural_ot.w2.default_options`.
 

@@ -42,6 +42,14 @@ class Contexts(NamedTuple):
     return len(self.labels) if self.kind == "label" else int(np.size(self.mean))
 
   @classmethod
+  def for_labels(cls, keys, name: str = "data") -> "Contexts":
+    """Label contexts (strings or ints) in the given order."""
+    bad = [k for k in keys if not _is_label(k)]
+    if bad:
+      raise ValueError(f"`{name}`: label conditions must be strings or ints, got {bad[:3]!r}.")
+    return cls("label", tuple(_label_key(k) for k in keys))
+
+  @classmethod
   def fit_vectors(cls, c, kind: str = "vector") -> "Contexts":
     c = np.asarray(c, np.float64).reshape(len(c), -1)
     scale = np.std(c, 0)

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from neural_ot.potentials.icnn import _ACTS, _PositiveDense
+from neural_ot.potentials.icnn import ACTIVATIONS, PositiveDense
 
 __all__ = ["ConditionalICNN", "ConditionalPredictor", "FixedContext"]
 
@@ -86,10 +86,10 @@ class ConditionalICNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, c):
-    if self.activation not in _ACTS:
-      raise ValueError(f"ConditionalICNN: `activation` must be one of {sorted(_ACTS)}, got "
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"ConditionalICNN: `activation` must be one of {sorted(ACTIVATIONS)}, got "
                        f"{self.activation!r}.")
-    act = _ACTS[self.activation]
+    act = ACTIVATIONS[self.activation]
     u = _context_path(c, self.context_hidden)
     gain = lambda width: jax.nn.softplus(_zeros_dense(width)(u) + _ONE)
 
@@ -98,8 +98,8 @@ class ConditionalICNN(nn.Module):
 
     z = act(affine_x(self.hidden[0]))
     for width in self.hidden[1:]:
-      z = act(_PositiveDense(width)(z) * gain(width) + affine_x(width))
-    out = (_PositiveDense(1)(z) * gain(1))[..., 0]
+      z = act(PositiveDense(width)(z) * gain(width) + affine_x(width))
+    out = (PositiveDense(1)(z) * gain(1))[..., 0]
     d = x.shape[-1]
     quad, lin = _affine_in_context(self, c, d, "quad", eye=True)
     xq = jnp.einsum("...a,...ab->...b", x, quad)

@@ -26,6 +26,9 @@ _ACTS = {"softplus": jax.nn.softplus, "celu": jax.nn.celu, "elu": jax.nn.elu,
          "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.2), "relu": jax.nn.relu}
 
 
+ACTIVATIONS = _ACTS  # the activation names the ICNNs accept
+
+
 def _set_quadratic(params, a, b, strong_convexity=0.0):
   """Parameters with the quadratic and linear terms set so that ``grad f(x) = A x + b`` at
   initialisation (the network part starts near zero): ``W = (A - c I)^{1/2}``."""
@@ -58,6 +61,11 @@ class _PositiveDense(nn.Module):
     raw = self.param("raw_kernel", nn.initializers.normal(0.1), (fan_in, self.features))
     # softplus(-1.5) ~ 0.2: a small positive start keeps activations O(1).
     return z @ (jax.nn.softplus(raw - 1.5) / fan_in)
+
+
+# Public alias (the class keeps its name: flax names parameters after it, and saved maps
+# must keep loading).
+PositiveDense = _PositiveDense
 
 
 class ICNN(nn.Module):
