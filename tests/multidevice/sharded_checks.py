@@ -173,6 +173,22 @@ def test_data_parallel_fit_w2_matches_single_device(mesh):
     neural_ot.fit_w2(x, y, mesh=mesh, steps=2, batch_size=254, progress=False)
 
 
+def test_data_parallel_fit_conditional_w2_matches_single_device(mesh):
+  rng = np.random.default_rng(0)
+  data = {t: (rng.normal(size=(512, 2)), (1 + t) * rng.normal(size=(512, 2)) + t)
+          for t in (0.0, 0.5, 1.0)}
+  opts = dict(steps=40, batch_size=128, progress=False, hidden=(16, 16),
+              predictor_hidden=(16,), context_hidden=(8,))
+  m0 = neural_ot.fit_conditional_w2(data, **opts)
+  m1 = neural_ot.fit_conditional_w2(data, mesh=mesh, **opts)
+  leaf = jax.tree.leaves(m1.params)[0]
+  assert len(leaf.sharding.device_set) == NDEV and leaf.sharding.is_fully_replicated
+  x = rng.normal(size=(256, 2))
+  np.testing.assert_allclose(m1.transport(x, 0.25), m0.transport(x, 0.25), atol=2e-3)
+  with pytest.raises(ValueError, match="batch_size.*multiple of the 4 devices"):
+    neural_ot.fit_conditional_w2(data, mesh=mesh, steps=2, batch_size=126, progress=False)
+
+
 def test_data_parallel_step_reduces_gradients_across_devices(mesh):
   """The compiled step splits the batch and all-reduces (not a replicated computation)."""
   from jax.sharding import PartitionSpec
