@@ -42,7 +42,7 @@ def treated(t, n):
 doses = [0.0, 0.25, 0.5, 0.75, 1.0]
 n = 1000 if SMALL else 4000
 data = {t: (cells(n)[0], treated(t, n)) for t in doses}
-dose_map = neural_ot.fit_conditional_w2(data, steps=600 if SMALL else 4000, progress=False)
+dose_map = neural_ot.fit_conditional_w2(data, steps=1500 if SMALL else 4000, progress=False)
 dose_map"""),
 ("code", """x_test, _ = cells(600)
 show = [0.125, 0.375, 0.625, 0.875, 1.25]   # between the training doses, and beyond them
@@ -92,11 +92,12 @@ def palette(img, k=1000):
 crops = [crop() for _ in range(80 if SMALL else 200)]
 pairs = [(palette(crops[rng.integers(len(crops))]), palette(crops[rng.integers(len(crops))]))
          for _ in range(60 if SMALL else 200)]
-colour_map = neural_ot.fit_conditional_w2(pairs, steps=400 if SMALL else 4000, progress=False)
+colour_map = neural_ot.fit_conditional_w2(pairs, steps=1000 if SMALL else 4000, progress=False)
 colour_map"""),
 ("code", """src, tgt = crop(), crop()                    # a new pair of crops
 xs, ys = palette(src, 2000), palette(tgt, 2000)
 import time
+colour_map.predict((xs, ys))                 # the first call compiles the encoding
 t0 = time.perf_counter(); predicted = colour_map.predict((xs, ys)); t_pred = time.perf_counter() - t0
 tuned = colour_map.finetune(xs, ys, (xs, ys), steps=100 if SMALL else 300)
 recolour = lambda m: np.clip(np.asarray(m.transport(src.reshape(-1, 3))).reshape(src.shape), 0, 1)
