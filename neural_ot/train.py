@@ -34,7 +34,7 @@ import numpy as np
 from neural_ot import io
 
 __all__ = ["TrainState", "Trainer", "TrainingDivergedError", "run", "guarded_step", "cosine_schedule",
-           "data_fingerprint"]
+           "data_fingerprint", "data_parallel"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -264,6 +264,25 @@ def _restore(path, template: TrainState, fingerprint: str, name: str):
   state = serialization.from_state_dict(template._asdict(), raw["state"])
   state = TrainState(**jax.tree.map(jnp.asarray, state))
   return state, json.loads(raw["history"])
+
+
+def data_parallel(mesh, axis_name, batch_size: int, name: str):
+  """``(sharding, placement)`` for data-parallel training on ``mesh`` (``(None, None)`` when
+  ``mesh`` is None): each step's batch is split over the devices of ``axis_name`` (default: the
+  mesh's only axis) and ``placement`` replicates state and data. ``batch_size`` must be a
+  multiple of the number of devices."""
+  if mesh is None:
+    return None, None
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  from neural_ot.sharding import check_mesh_axis  # pylint: disable=import-outside-toplevel
+  axis_name = check_mesh_axis(mesh, axis_name)
+  ndev = mesh.shape[axis_name]
+  if batch_size % ndev:
+    raise ValueError(f"{name}: `batch_size` ({batch_size}) must be a multiple of the "
+                     f"{ndev} devices of mesh axis {axis_name!r}.")
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return (NamedSharding(mesh, PartitionSpec(axis_name)),
+          lambda tree: jax.device_put(tree, replicated))
 
 
 def data_fingerprint(*arrays) -> str:

@@ -91,21 +91,27 @@ def _as_points(v, name, dtype):
   return arr
 
 
-def _from_pairs(data, dtype):
-  """A sequence of ``(source, target)`` pairs: meta maps, each pair its own context."""
-  if len(data) == 0:
-    raise ValueError(f"{_NAME}: `data` must hold at least one pair, got an empty sequence.")
+def _check_pairs(items, dtype):
+  """Source and target arrays of ``items = [(name, (source, target)), ...]``, checked."""
   xs, ys = [], []
-  for i, pair in enumerate(data):
+  for name, pair in items:
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-      raise ValueError(f"{_NAME}: `data[{i}]` must be a pair (source, target), got "
+      raise ValueError(f"{_NAME}: `data[{name}]` must be a pair (source, target), got "
                        f"{type(pair).__name__}.")
-    xs.append(_as_points(pair[0], f"data[{i}][0] (source)", dtype))
-    ys.append(_as_points(pair[1], f"data[{i}][1] (target)", dtype))
+    xs.append(_as_points(pair[0], f"data[{name}][0] (source)", dtype))
+    ys.append(_as_points(pair[1], f"data[{name}][1] (target)", dtype))
   dims = {a.shape[1] for a in xs + ys}
   if len(dims) != 1:
     raise ValueError(f"{_NAME}: every source and target must have the same dimension, got "
                      f"{sorted(dims)}.")
+  return xs, ys
+
+
+def _from_pairs(data, dtype):
+  """A sequence of ``(source, target)`` pairs: meta maps, each pair its own context."""
+  if len(data) == 0:
+    raise ValueError(f"{_NAME}: `data` must hold at least one pair, got an empty sequence.")
+  xs, ys = _check_pairs([(repr(i), pair) for i, pair in enumerate(data)], dtype)
   feats = np.stack([pair_features(x, y, f"data[{i}]") for i, (x, y) in enumerate(zip(xs, ys))])
   return Contexts.fit_vectors(feats, "pairs"), feats, xs, ys
 
@@ -131,18 +137,7 @@ def _from_mapping(data: Mapping, context: str, dtype):
       raise ValueError(f"{_NAME}: vector conditions must all have the same length and be "
                        f"finite, got {keys[:3]!r}.")
     contexts = Contexts.fit_vectors(np.stack(vecs))
-  xs, ys = [], []
-  for k in keys:
-    pair = data[k]
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-      raise ValueError(f"{_NAME}: `data[{k!r}]` must be a pair (source, target), got "
-                       f"{type(pair).__name__}.")
-    xs.append(_as_points(pair[0], f"data[{k!r}][0] (source)", dtype))
-    ys.append(_as_points(pair[1], f"data[{k!r}][1] (target)", dtype))
-  dims = {a.shape[1] for a in xs + ys}
-  if len(dims) != 1:
-    raise ValueError(f"{_NAME}: every source and target must have the same dimension, got "
-                     f"{sorted(dims)}.")
+  xs, ys = _check_pairs([(repr(k), data[k]) for k in keys], dtype)
   return contexts, keys, xs, ys
 
 
@@ -326,18 +321,7 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
               "g": trainer.g_module.from_base(params["g"], *base[1])}
   state = trainer.init_state(k_init, dim, horizon, dtype=dtype, params=params)
 
-  sharding, placement = None, None
-  if mesh is not None:
-    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-    from neural_ot.sharding import check_mesh_axis  # pylint: disable=import-outside-toplevel
-    axis_name = check_mesh_axis(mesh, axis_name)
-    ndev = mesh.shape[axis_name]
-    if batch_size % ndev:
-      raise ValueError(f"{_NAME}: `batch_size` ({batch_size}) must be a multiple of the "
-                       f"{ndev} devices of mesh axis {axis_name!r}.")
-    sharding = NamedSharding(mesh, PartitionSpec(axis_name))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    placement = lambda tree: jax.device_put(tree, replicated)
+  sharding, placement = train.data_parallel(mesh, axis_name, int(batch_size), _NAME)
 
   sampler = ConditionSampler(batch_size, fn, dtype.name, sharding)
   arrays = {"frame": frame.astype(dtype)}

@@ -352,18 +352,7 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   state = trainer.init_state(k_init, dim, horizon, *(moments or (None, None)), dtype=dtype,
                              params=None if init_map is None else init_map.params)
 
-  sharding, placement = None, None
-  if mesh is not None:
-    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-    from neural_ot.sharding import check_mesh_axis  # pylint: disable=import-outside-toplevel
-    axis_name = check_mesh_axis(mesh, axis_name)
-    ndev = mesh.shape[axis_name]
-    if batch_size % ndev:
-      raise ValueError(f"fit_w2: `batch_size` ({batch_size}) must be a multiple of the "
-                       f"{ndev} devices of mesh axis {axis_name!r}.")
-    sharding = NamedSharding(mesh, PartitionSpec(axis_name))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    placement = lambda tree: jax.device_put(tree, replicated)
+  sharding, placement = train.data_parallel(mesh, axis_name, int(batch_size), "fit_w2")
 
   sampler = PairSampler(int(batch_size), src_fn, tgt_fn, dtype.name, sharding)
   data = {"frame": frame.astype(dtype)}
