@@ -8,11 +8,21 @@ from jax.typing import ArrayLike
 __all__ = ["sqrtm_psd", "gaussian_map", "gaussian_w2", "moments"]
 
 
-def sqrtm_psd(s: ArrayLike, inverse: bool = False) -> jnp.ndarray:
-  """Symmetric square root (or inverse square root) of a PSD matrix ``(d, d)``."""
+def sqrtm_psd(s: ArrayLike, inverse: bool = False, *, shift: float = 0.0,
+              floor: float | None = None) -> jnp.ndarray:
+  """Symmetric square root (or inverse square root) of the PSD matrix ``s - shift * I``.
+
+  Args:
+    s: a symmetric ``(d, d)`` matrix (symmetrised first).
+    inverse: return ``(s - shift I)^{-1/2}`` instead.
+    shift: subtracted from the eigenvalues first (e.g. a strong-convexity constant).
+    floor: eigenvalues below it are clipped to it; default ``1e-12`` of the largest one
+      (eigenvalues at or below zero, e.g. under a large ``shift``, end there).
+  """
   s = jnp.asarray(s)
   w, v = jnp.linalg.eigh(0.5 * (s + s.T))
-  w = jnp.clip(w, 1e-12 * jnp.max(jnp.abs(w)) + 1e-30)
+  w = w - shift
+  w = jnp.clip(w, 1e-12 * jnp.max(jnp.abs(w)) + 1e-30 if floor is None else floor)
   r = jnp.sqrt(w)
   return (v / r) @ v.T if inverse else (v * r) @ v.T
 

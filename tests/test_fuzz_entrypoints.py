@@ -32,6 +32,8 @@ from neural_ot import cli
 from neural_ot.meta import fit_meta, gaussian_mixture_histograms, grid
 from neural_ot.w2bench import convert
 from neural_ot.w2bench.torch_pt import PtFileError, load_pt
+from _pt_pickle import (pkl_global as _global, pkl_int as _int, pkl_str as _str,
+                        pkl_tuple as _tuple, pt_state_dict as _state_dict, pt_tensor as _tensor)
 
 TABLE = collections.Counter()
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
@@ -261,40 +263,8 @@ def test_fit_meta_malformed_input(data):
 
 
 # --- load_pt -------------------------------------------------------------------------------
-# A tiny pickle assembler (protocol 2): the files state exactly what a torch.save'd state dict
-# declares, so the tests run without torch and without the benchmark's files.
-
-
-def _str(s):
-  b = s.encode()
-  return b"X" + struct.pack("<I", len(b)) + b
-
-
-def _int(v):
-  if -2 ** 31 <= v < 2 ** 31:
-    return b"J" + struct.pack("<i", v)
-  n = (v.bit_length() + 8) // 8
-  return b"\x8a" + bytes([n]) + v.to_bytes(n, "little", signed=True)
-
-
-def _tuple(items):
-  return b"(" + b"".join(items) + b"t"
-
-
-def _global(module, name):
-  return b"c" + f"{module}\n{name}\n".encode()
-
-
-def _tensor(key, size, stride, offset=0, storage="FloatStorage"):
-  pid = _tuple([_str("storage"), _global("torch", storage), _str(key), _str("cpu")]) + b"Q"
-  args = [pid, _int(offset), _tuple([_int(s) for s in size]), _tuple([_int(s) for s in stride]),
-          b"\x89", b")"]
-  return _global("torch._utils", "_rebuild_tensor_v2") + _tuple(args) + b"R"
-
-
-def _state_dict(entries):
-  body = b"(" + b"".join(_str(k) + v for k, v in entries) + b"u"
-  return b"\x80\x02" + _global("collections", "OrderedDict") + b")R" + body + b"."
+# Files assembled opcode by opcode (tests/_pt_pickle.py) state exactly what a torch.save'd
+# state dict declares, so the tests run without torch and without the benchmark's files.
 
 
 def _zip(entries, compression=zipfile.ZIP_STORED):

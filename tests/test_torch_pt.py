@@ -15,43 +15,8 @@ import pytest
 
 from neural_ot.w2bench import load_pt
 from neural_ot.w2bench.torch_pt import PtFileError
-
-# --- a tiny pickle assembler (protocol 2) -------------------------------------------------
-
-
-def _str(s):
-  b = s.encode()
-  return b"X" + struct.pack("<I", len(b)) + b
-
-
-def _int(v):
-  if 0 <= v < 2 ** 31 or -2 ** 31 <= v < 0:
-    return b"J" + struct.pack("<i", v)
-  n = (v.bit_length() + 8) // 8
-  return b"\x8a" + bytes([n]) + v.to_bytes(n, "little", signed=True)
-
-
-def _tuple(items):
-  return b"(" + b"".join(items) + b"t"
-
-
-def _global(module, name):
-  return b"c" + f"{module}\n{name}\n".encode()
-
-
-def _tensor(key, size, stride, offset=0, storage="FloatStorage", numel=None):
-  pid = [_str("storage"), _global("torch", storage), _str(key), _str("cpu")]
-  if numel is not None:
-    pid.append(_int(numel))
-  args = [_tuple(pid) + b"Q", _int(offset), _tuple([_int(s) for s in size]),
-          _tuple([_int(s) for s in stride]), b"\x89", b")"]
-  return _global("torch._utils", "_rebuild_tensor_v2") + _tuple(args) + b"R"
-
-
-def _state_dict(entries):
-  """``entries``: (name, value opcodes) pairs -> a pickled OrderedDict."""
-  body = b"(" + b"".join(_str(k) + v for k, v in entries) + b"u"
-  return b"\x80\x02" + _global("collections", "OrderedDict") + b")R" + body + b"."
+from _pt_pickle import (pkl_global as _global, pkl_int as _int, pkl_str as _str,
+                        pkl_tuple as _tuple, pt_state_dict as _state_dict, pt_tensor as _tensor)
 
 
 def _write(path, pkl, storages):

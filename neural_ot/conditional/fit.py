@@ -29,7 +29,7 @@ import numpy as np
 
 from neural_ot import gaussian, train
 from neural_ot.conditional.maps import ConditionalW2Map, Contexts, pair_features
-from neural_ot.w2.fit import default_options
+from neural_ot.w2.fit import default_options, validate_fit_arguments
 from neural_ot.w2.maps import Frame
 from neural_ot.w2.trainer import W2Trainer, as_config
 
@@ -56,6 +56,18 @@ class ConditionSampler:
   fn: Callable | None = None
   dtype: str = "float32"
   sharding: Any = None
+
+  def __post_init__(self):
+    b = self.batch_size
+    if not (isinstance(b, (int, np.integer)) and not isinstance(b, (bool, np.bool_)) and b >= 1):
+      raise ValueError(f"ConditionSampler: `batch_size` must be an int >= 1, got {b!r}.")
+    object.__setattr__(self, "batch_size", int(b))
+    if self.fn is not None and not callable(self.fn):
+      raise TypeError(f"ConditionSampler: `fn` must be a sampler `fn(key, n) -> (c, x, y)` or "
+                      f"None, got {type(self.fn).__name__}.")
+    if self.dtype not in ("float32", "float64"):
+      raise ValueError(f"ConditionSampler: `dtype` must be 'float32' or 'float64', got "
+                       f"{self.dtype!r}.")
 
   def __call__(self, key, data):
     frame = data["frame"]
@@ -160,9 +172,16 @@ def _lstsq_base(feats, mats, vecs):
   return m_all[0], m_all[1:], v_all[0], v_all[1:]
 
 
+def _pooled(arrs, rng):
+  """A random subsample of every condition's rows, about ``_N_PROBE`` in all (at least 64 per
+  condition): the pooled sample that sets the standardisation."""
+  per = max(64, _N_PROBE // len(arrs))
+  return np.concatenate([a[rng.permutation(len(a))[:per]] for a in arrs])
+
+
 def _psd_root(a, shift):
-  w, v = np.linalg.eigh(0.5 * (a + a.T) - shift * np.eye(a.shape[0]))
-  return (v * np.sqrt(np.clip(w, 1e-6, None))) @ v.T
+  """``(A - shift I)^{1/2}`` with eigenvalues below the shift clipped (float64)."""
+  return np.asarray(gaussian.sqrtm_psd(a, shift=shift, floor=1e-6), np.float64)
 
 
 def _base_from_conditions(feats, src_moments, tgt_moments, strong_convexity):
@@ -236,22 +255,13 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
     >>> m.transport(x[:3], 0.5).shape
     (3, 2)
   """
-  fields = {f.name for f in dataclasses.fields(W2Trainer)} - {"context_dim", "context_mode"}
-  unknown = sorted(set(options) - fields)
-  if unknown:
-    raise TypeError(f"{_NAME}: unknown option(s) {unknown}; valid options are {sorted(fields)} "
-                    f"and the keyword arguments of {_NAME}.")
   if context not in ("auto", "label", "vector"):
     raise ValueError(f"{_NAME}: `context` must be 'auto', 'label' or 'vector', got {context!r}.")
-  if steps is None and max_seconds is None:
-    steps = 4000
-  for name, val in (("steps", steps), ("batch_size", batch_size),
-                    ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-    if val is not None and not (isinstance(val, (int, np.integer)) and val >= 1):
-      raise ValueError(f"{_NAME}: `{name}` must be an int >= 1, got {val!r}.")
-  if dtype is None:
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  dtype = np.dtype(dtype)
+  steps, batch_size, seed, dtype = validate_fit_arguments(
+      _NAME, options, steps=steps, max_seconds=max_seconds, batch_size=batch_size, seed=seed,
+      standardize=standardize, resume=resume, checkpoint_dir=checkpoint_dir,
+      checkpoint_every=checkpoint_every, log_every=log_every, eval_fn=eval_fn, dtype=dtype,
+      exclude_options=("context_dim", "context_mode"))
   rng = np.random.default_rng(seed)
 
   if callable(data) and not isinstance(data, Mapping):
@@ -266,9 +276,7 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
     fn = None
     contexts, keys, xs, ys = _from_mapping(data, context, dtype)
     dim = xs[0].shape[1]
-    take = lambda arrs: np.concatenate([a[rng.permutation(len(a))[:max(64, _N_PROBE // len(arrs))]]
-                                        for a in arrs])
-    pooled_x, pooled_y = take(xs), take(ys)
+    pooled_x, pooled_y = _pooled(xs, rng), _pooled(ys, rng)
     n_min = min(a.shape[0] for a in xs + ys)
     feats = contexts.encode(list(contexts.labels) if contexts.kind == "label" else
                             np.stack([np.asarray(k, np.float64).ravel() for k in keys]))
@@ -279,9 +287,7 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
     contexts, raw_feats, xs, ys = _from_pairs(data, dtype)
     keys = list(range(len(xs)))
     dim = xs[0].shape[1]
-    take = lambda arrs: np.concatenate([a[rng.permutation(len(a))[:max(64, _N_PROBE // len(arrs))]]
-                                        for a in arrs])
-    pooled_x, pooled_y = take(xs), take(ys)
+    pooled_x, pooled_y = _pooled(xs, rng), _pooled(ys, rng)
     n_min = min(a.shape[0] for a in xs + ys)
     feats = (raw_feats - contexts.mean) / contexts.scale
     tag = "pairs " + train.data_fingerprint(*xs, *ys)

@@ -131,8 +131,7 @@ def pair_features(source, target, name: str = "c") -> np.ndarray:
   my, sy = (np.asarray(v, np.float64) for v in gaussian.moments(np.asarray(y, np.float64)))
   a, b = (np.asarray(v, np.float64) for v in gaussian.gaussian_map(mx, sx, my, sy))
   ai, bi = (np.asarray(v, np.float64) for v in gaussian.gaussian_map(my, sy, mx, sx))
-  w, v = np.linalg.eigh(0.5 * (a + a.T))
-  root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+  root = np.asarray(gaussian.sqrtm_psd(a, floor=0.0), np.float64)
   return np.concatenate([root.ravel(), b, ai.ravel(), bi])
 
 

@@ -34,11 +34,8 @@ def _set_quadratic(params, a, b, strong_convexity=0.0):
   initialisation (the network part starts near zero): ``W = (A - c I)^{1/2}``."""
   p = dict(params["params"])
   dtype = p["quad"].dtype
-  a = jnp.asarray(a, jnp.float32)
-  d = a.shape[0]
-  w, v = jnp.linalg.eigh(0.5 * (a + a.T) - strong_convexity * jnp.eye(d))
   # A - cI must stay PSD: eigenvalues below the strong convexity are clipped to (nearly) zero.
-  root = (v * jnp.sqrt(jnp.clip(w, 1e-6))) @ v.T
+  root = gaussian.sqrtm_psd(jnp.asarray(a, jnp.float32), shift=strong_convexity, floor=1e-6)
   p["quad"] = root.astype(dtype)
   p["linear"] = {"kernel": jnp.asarray(b, dtype)[:, None], "bias": jnp.zeros((1,), dtype)}
   return {**params, "params": p}

@@ -178,29 +178,80 @@ def _is_int(v) -> bool:
   return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def _check_options(options: dict) -> None:
-  """Types and ranges of :class:`W2Trainer` options, read from the type of each field's
+def _check_options(who: str, options: dict, exclude=frozenset()) -> None:
+  """Names and types/ranges of :class:`W2Trainer` options, read from the type of each field's
   default (the trainer checks the allowed strings and the tighter ranges): a bad value is a
   ``TypeError``/``ValueError`` naming it, not a failure deep inside flax or the schedule."""
+  fields = {f.name for f in dataclasses.fields(W2Trainer)} - set(exclude)
+  unknown = sorted(set(options) - fields)
+  if unknown:
+    raise TypeError(f"{who}: unknown option(s) {unknown}; valid options are {sorted(fields)} "
+                    f"and the keyword arguments of {who}.")
   defaults = {f.name: f.default for f in dataclasses.fields(W2Trainer)}
   for name, val in options.items():
     default = defaults.get(name)
     if isinstance(default, str) and not isinstance(val, str):
-      raise TypeError(f"fit_w2: `{name}` must be a string, got {val!r}.")
+      raise TypeError(f"{who}: `{name}` must be a string, got {val!r}.")
     if isinstance(default, tuple):  # layer widths
       if not (isinstance(val, (tuple, list)) and all(_is_int(w) for w in val)):
-        raise TypeError(f"fit_w2: `{name}` must be a tuple of layer widths (ints), got {val!r}.")
+        raise TypeError(f"{who}: `{name}` must be a tuple of layer widths (ints), got {val!r}.")
       if any(w < 1 for w in val):
-        raise ValueError(f"fit_w2: `{name}` widths must be >= 1, got {tuple(val)}.")
+        raise ValueError(f"{who}: `{name}` widths must be >= 1, got {tuple(val)}.")
     elif isinstance(default, int) and not isinstance(default, bool):
       if not (_is_int(val) and val >= 0):
-        raise ValueError(f"fit_w2: `{name}` must be an int >= 0, got {val!r}.")
+        raise ValueError(f"{who}: `{name}` must be an int >= 0, got {val!r}.")
     elif isinstance(default, float):
       if not (isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(
           val, (bool, np.bool_))):
-        raise TypeError(f"fit_w2: `{name}` must be a real number, got {val!r}.")
+        raise TypeError(f"{who}: `{name}` must be a real number, got {val!r}.")
       if not (np.isfinite(val) and val >= 0):
-        raise ValueError(f"fit_w2: `{name}` must be finite and >= 0, got {val!r}.")
+        raise ValueError(f"{who}: `{name}` must be finite and >= 0, got {val!r}.")
+
+
+def validate_fit_arguments(who: str, options: dict, *, steps, max_seconds, batch_size, seed,
+                           standardize, resume, checkpoint_dir, checkpoint_every, log_every,
+                           eval_fn, dtype, exclude_options=frozenset()):
+  """The checks shared by the ``fit_*`` functions (``who`` names the caller in messages):
+  trainer ``options``, counts, seed, budget, flags, paths, callables and dtype.
+
+  Returns:
+    ``(steps, batch_size, seed, dtype)`` normalised: Python ints (numpy ints would not go into
+    a checkpoint's JSON fingerprint), ``steps`` 4000 when neither it nor ``max_seconds`` is
+    given, and a numpy float dtype (float32, or float64 under x64, by default).
+  """
+  _check_options(who, options, exclude_options)
+  if steps is None and max_seconds is None:
+    steps = 4000
+  for name, val in (("steps", steps), ("batch_size", batch_size),
+                    ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
+    if val is not None and not (_is_int(val) and val >= 1):
+      raise ValueError(f"{who}: `{name}` must be an int >= 1, got {val!r}.")
+  steps = None if steps is None else int(steps)
+  batch_size = None if batch_size is None else int(batch_size)
+  if not (_is_int(seed) and 0 <= seed < 2 ** 32):
+    raise ValueError(f"{who}: `seed` must be an int in [0, 2**32), got {seed!r}.")
+  if max_seconds is not None and not (isinstance(max_seconds, (int, float, np.integer,
+                                                               np.floating)) and not isinstance(
+      max_seconds, (bool, np.bool_)) and 0 < max_seconds < float("inf")):
+    raise ValueError(f"{who}: `max_seconds` must be a number > 0 (finite), got {max_seconds!r}.")
+  for name, val in (("standardize", standardize), ("resume", resume)):
+    if not isinstance(val, (bool, np.bool_)):
+      raise TypeError(f"{who}: `{name}` must be True or False, got {val!r}.")
+  if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+    raise TypeError(f"{who}: `checkpoint_dir` must be a path or None, got "
+                    f"{type(checkpoint_dir).__name__}.")
+  if eval_fn is not None and not callable(eval_fn):  # run() only sees a wrapper of it
+    raise TypeError(f"{who}: `eval_fn` must be callable or None, got {type(eval_fn).__name__}.")
+  if dtype is None:
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  try:
+    dtype = np.dtype(dtype)
+  except TypeError:
+    raise TypeError(f"{who}: `dtype` must be a float dtype, got {dtype!r}.") from None
+  # float16 and bfloat16 train to NaN at the first step (measured); ints cannot be trained.
+  if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+    raise ValueError(f"{who}: `dtype` must be float32 or float64, got {dtype}.")
+  return steps, batch_size, int(seed), dtype
 
 
 def training_rows(n: int) -> int:
@@ -264,45 +315,10 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
     >>> m.transport(x[:3]).shape
     (3, 2)
   """
-  fields = {f.name for f in dataclasses.fields(W2Trainer)}
-  unknown = sorted(set(options) - fields)
-  if unknown:
-    raise TypeError(f"fit_w2: unknown option(s) {unknown}; valid options are {sorted(fields)} "
-                    f"and the keyword arguments of fit_w2.")
-  if steps is None and max_seconds is None:
-    steps = 4000
-  for name, val in (("steps", steps), ("batch_size", batch_size),
-                    ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-    if val is not None and not (_is_int(val) and val >= 1):
-      raise ValueError(f"fit_w2: `{name}` must be an int >= 1, got {val!r}.")
-  # numpy ints would not go into the checkpoint's JSON fingerprint.
-  steps = None if steps is None else int(steps)
-  batch_size = None if batch_size is None else int(batch_size)
-  if not (_is_int(seed) and 0 <= seed < 2 ** 32):
-    raise ValueError(f"fit_w2: `seed` must be an int in [0, 2**32), got {seed!r}.")
-  seed = int(seed)
-  if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and not isinstance(
-      max_seconds, bool) and 0 < max_seconds < float("inf")):
-    raise ValueError(f"fit_w2: `max_seconds` must be a number > 0 (finite), got {max_seconds!r}.")
-  for name, val in (("standardize", standardize), ("resume", resume)):
-    if not isinstance(val, (bool, np.bool_)):
-      raise TypeError(f"fit_w2: `{name}` must be True or False, got {val!r}.")
-  if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-    raise TypeError(f"fit_w2: `checkpoint_dir` must be a path or None, got "
-                    f"{type(checkpoint_dir).__name__}.")
-  if eval_fn is not None and not callable(eval_fn):  # run() only sees a wrapper of it
-    raise TypeError(f"fit_w2: `eval_fn` must be callable or None, got {type(eval_fn).__name__}.")
-  _check_options(options)
-  if dtype is None:
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  try:
-    dtype = np.dtype(dtype)
-  except TypeError as exc:
-    raise TypeError(f"fit_w2: `dtype` must be a float dtype, got {dtype!r}.") from None
-  # float16 and bfloat16 train to NaN at the first step (measured); ints cannot be trained.
-  if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-    raise ValueError(f"fit_w2: `dtype` must be float32 or float64, got {dtype}.")
-
+  steps, batch_size, seed, dtype = validate_fit_arguments(
+      "fit_w2", options, steps=steps, max_seconds=max_seconds, batch_size=batch_size, seed=seed,
+      standardize=standardize, resume=resume, checkpoint_dir=checkpoint_dir,
+      checkpoint_every=checkpoint_every, log_every=log_every, eval_fn=eval_fn, dtype=dtype)
   rng = np.random.default_rng(seed)
   src_fn, src_arr, src_mom, src_held, src_tag = _prepare(source, "source", dtype, rng, seed)
   tgt_fn, tgt_arr, tgt_mom, tgt_held, tgt_tag = _prepare(target, "target", dtype, rng, seed)

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from neural_ot.conjugate import ConjugateSolver
@@ -87,34 +88,43 @@ class W2Trainer:
   context_mode: str = "input"
 
   def __post_init__(self):
-    object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-    object.__setattr__(self, "predictor_hidden", tuple(int(h) for h in self.predictor_hidden))
-    object.__setattr__(self, "context_hidden", tuple(int(h) for h in self.context_hidden))
-    if not (isinstance(self.context_dim, int) and self.context_dim >= 0):
-      raise ValueError(f"fit_w2: `context_dim` must be an int >= 0, got {self.context_dim!r}.")
+    # Messages name the field as fit_w2 / fit_conditional_w2 take it (they pass it through).
+    for name in ("hidden", "predictor_hidden", "context_hidden"):
+      val = getattr(self, name)
+      if not (isinstance(val, (tuple, list)) and all(
+          isinstance(h, (int, np.integer)) and not isinstance(h, (bool, np.bool_)) for h in val)):
+        raise TypeError(f"W2Trainer: `{name}` must be a tuple of layer widths (ints), got "
+                        f"{val!r}.")
+      if any(h < 1 for h in val):
+        raise ValueError(f"W2Trainer: `{name}` widths must be >= 1, got {tuple(val)}.")
+      object.__setattr__(self, name, tuple(int(h) for h in val))
+    if not (isinstance(self.context_dim, (int, np.integer)) and not isinstance(
+        self.context_dim, (bool, np.bool_)) and self.context_dim >= 0):
+      raise ValueError(f"W2Trainer: `context_dim` must be an int >= 0, got {self.context_dim!r}.")
+    object.__setattr__(self, "context_dim", int(self.context_dim))
     if self.context_mode not in ("input", "fixed"):
-      raise ValueError(f"fit_w2: `context_mode` must be 'input' or 'fixed', got "
+      raise ValueError(f"W2Trainer: `context_mode` must be 'input' or 'fixed', got "
                        f"{self.context_mode!r}.")
     if self.context_dim and self.potential != "icnn":
-      raise ValueError(f"fit_w2: conditional maps (`context_dim` > 0) need potential='icnn', got "
+      raise ValueError(f"W2Trainer: conditional maps (`context_dim` > 0) need potential='icnn', got "
                        f"{self.potential!r}.")
     for name, allowed in (("potential", _POTENTIALS), ("amortization", _AMORTIZATION),
                           ("finetune", ("lbfgs", "adam")), ("init", _INITS)):
       if getattr(self, name) not in allowed:
-        raise ValueError(f"fit_w2: `{name}` must be one of {list(allowed)}, got "
+        raise ValueError(f"W2Trainer: `{name}` must be one of {list(allowed)}, got "
                          f"{getattr(self, name)!r}.")
     if not (isinstance(self.finetune_iters, int) and self.finetune_iters >= 0):
-      raise ValueError(f"fit_w2: `finetune_iters` must be an int >= 0, got {self.finetune_iters!r}.")
+      raise ValueError(f"W2Trainer: `finetune_iters` must be an int >= 0, got {self.finetune_iters!r}.")
     for name in ("learning_rate", "finetune_tol", "grad_clip"):
       if not float(getattr(self, name)) > 0:
-        raise ValueError(f"fit_w2: `{name}` must be > 0, got {getattr(self, name)!r}.")
+        raise ValueError(f"W2Trainer: `{name}` must be > 0, got {getattr(self, name)!r}.")
     for name in ("b1", "b2"):
       if not 0.0 <= float(getattr(self, name)) < 1.0:
-        raise ValueError(f"fit_w2: `{name}` must be in [0, 1), got {getattr(self, name)!r}.")
+        raise ValueError(f"W2Trainer: `{name}` must be in [0, 1), got {getattr(self, name)!r}.")
     if not float(self.strong_convexity) >= 0:
-      raise ValueError(f"fit_w2: `strong_convexity` must be >= 0, got {self.strong_convexity!r}.")
+      raise ValueError(f"W2Trainer: `strong_convexity` must be >= 0, got {self.strong_convexity!r}.")
     if not self.hidden:
-      raise ValueError("fit_w2: `hidden` must list at least one layer width.")
+      raise ValueError("W2Trainer: `hidden` must list at least one layer width.")
 
   # -- networks ------------------------------------------------------------
 
