@@ -138,7 +138,7 @@ def _scan_case(n, d, legacy, tile_size):
                       tile_size=(256, None) if legacy else tile_size)
     geom = pc.PointCloud.create(x, y, online=True, tile_size=solver.tile_size)
     f0 = jnp.zeros((n,))
-    half = jax.jit(lambda geom, a, f, eps: solver._g_stable(geom, a, f, eps))
+    half = jax.jit(lambda geom, a, f, eps: solver.c_transform(geom, a, f, eps))
     half_c = half.lower(geom, a, f0, eps).compile()
     state = jax.jit(lambda geom, a, eps: solver.init(geom, a, a, eps))(geom, a, eps)
     step = jax.jit(lambda geom, a, eps, st: solver.step(geom, a, a, eps, st))
