@@ -17,8 +17,12 @@ def sqrtm_psd(s: ArrayLike, inverse: bool = False, *, shift: float = 0.0,
     inverse: return ``(s - shift I)^{-1/2}`` instead.
     shift: subtracted from the eigenvalues first (e.g. a strong-convexity constant).
     floor: eigenvalues below it are clipped to it; default ``1e-12`` of the largest one
-      (eigenvalues at or below zero, e.g. under a large ``shift``, end there).
+      (eigenvalues at or below zero, e.g. under a large ``shift``, end there). Must be
+      ``>= 0``, and ``> 0`` with ``inverse``.
   """
+  if floor is not None and not (floor > 0 or (floor == 0 and not inverse)):
+    raise ValueError(f"sqrtm_psd: `floor` must be None or >= 0 (> 0 with inverse=True), got "
+                     f"{floor!r}.")
   s = jnp.asarray(s)
   w, v = jnp.linalg.eigh(0.5 * (s + s.T))
   w = w - shift

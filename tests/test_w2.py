@@ -312,3 +312,33 @@ def test_a_diverged_forward_map_is_flagged(monkeypatch):
   monkeypatch.setattr(fit_module, "_DIVERGED_SPREAD", 0.5)  # flag even the sound fit
   with pytest.warns(RuntimeWarning, match="diverged.*potential='icnn'"):
     neural_ot.fit_w2(x, y, steps=20, potential="mlp", **small)
+
+
+def test_sqrtm_psd_shift_and_floor_against_scipy():
+  """``sqrtm_psd(A, shift=c)`` is scipy's square root of ``A - cI``; eigenvalues below the shift
+  are clipped to ``floor``; a floor that would give NaN or inf is refused."""
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+  a = (q * np.array([0.3, 1.0, 2.0, 5.0])) @ q.T
+  with jax.enable_x64(True):
+    root = np.asarray(neural_ot.gaussian.sqrtm_psd(a, shift=0.2))
+    np.testing.assert_allclose(root, np.real(scipy.linalg.sqrtm(a - 0.2 * np.eye(4))), atol=1e-10)
+    clipped = np.asarray(neural_ot.gaussian.sqrtm_psd(a, shift=1.5, floor=1e-6))
+    want = (q * np.sqrt(np.maximum(np.array([0.3, 1.0, 2.0, 5.0]) - 1.5, 1e-6))) @ q.T
+    np.testing.assert_allclose(clipped, want, atol=1e-10)
+    inv = np.asarray(neural_ot.gaussian.sqrtm_psd(a, inverse=True, shift=0.2))
+    np.testing.assert_allclose(inv @ root, np.eye(4), atol=1e-9)
+  for floor, inverse in ((-1.0, False), (0.0, True)):
+    with pytest.raises(ValueError, match="`floor`"):
+      neural_ot.gaussian.sqrtm_psd(a, inverse=inverse, floor=floor)
+
+
+def test_map_spread_checks_its_target_samples():
+  from neural_ot.w2.fit import map_spread
+  x = np.random.default_rng(1).normal(size=(200, 2))
+  mp = neural_ot.fit_w2(x, x + 1.0, steps=2, batch_size=32, hidden=(4,), predictor_hidden=(4,),
+                        progress=False)
+  assert 0.8 < map_spread(mp, x, x + 1.0) < 1.25
+  for bad in (np.ones((1, 2)), np.ones((5, 3)), np.full((5, 2), np.nan), "y"):
+    with pytest.raises((ValueError, TypeError), match="`y`"):
+      map_spread(mp, x, bad)

@@ -31,7 +31,7 @@ from neural_ot import gaussian, train
 from neural_ot.conditional.maps import ConditionalW2Map, Contexts, pair_features
 from neural_ot.w2.fit import default_options, validate_fit_arguments
 from neural_ot.w2.maps import Frame
-from neural_ot.w2.trainer import W2Trainer, as_config
+from neural_ot.w2.trainer import W2Trainer, as_config, is_int
 
 __all__ = ["fit_conditional_w2", "ConditionSampler"]
 
@@ -59,7 +59,7 @@ class ConditionSampler:
 
   def __post_init__(self):
     b = self.batch_size
-    if not (isinstance(b, (int, np.integer)) and not isinstance(b, (bool, np.bool_)) and b >= 1):
+    if not (is_int(b) and b >= 1):
       raise ValueError(f"ConditionSampler: `batch_size` must be an int >= 1, got {b!r}.")
     object.__setattr__(self, "batch_size", int(b))
     if self.fn is not None and not callable(self.fn):

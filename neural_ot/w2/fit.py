@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neural_ot import gaussian, train
+from neural_ot import _validation, gaussian, train
 from neural_ot.train import TrainingDivergedError
 from neural_ot.w2.maps import Frame, W2Map
-from neural_ot.w2.trainer import W2Trainer, as_config
+from neural_ot.w2.trainer import W2Trainer, as_config, check_widths, is_int
 
 __all__ = ["fit_w2", "default_options", "training_rows", "PairSampler", "dual_w2",
            "TrainingDivergedError"]
@@ -175,10 +175,6 @@ def _prepare(data, name: str, dtype, rng, seed):
   return None, rest, rest[:_N_MOMENTS], held, tag
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def _check_options(who: str, options: dict, exclude=frozenset()) -> None:
   """Names and types/ranges of :class:`W2Trainer` options, read from the type of each field's
   default (the trainer checks the allowed strings and the tighter ranges): a bad value is a
@@ -194,12 +190,9 @@ def _check_options(who: str, options: dict, exclude=frozenset()) -> None:
     if isinstance(default, str) and not isinstance(val, str):
       raise TypeError(f"{who}: `{name}` must be a string, got {val!r}.")
     if isinstance(default, tuple):  # layer widths
-      if not (isinstance(val, (tuple, list)) and all(_is_int(w) for w in val)):
-        raise TypeError(f"{who}: `{name}` must be a tuple of layer widths (ints), got {val!r}.")
-      if any(w < 1 for w in val):
-        raise ValueError(f"{who}: `{name}` widths must be >= 1, got {tuple(val)}.")
+      check_widths(who, name, val)
     elif isinstance(default, int) and not isinstance(default, bool):
-      if not (_is_int(val) and val >= 0):
+      if not (is_int(val) and val >= 0):
         raise ValueError(f"{who}: `{name}` must be an int >= 0, got {val!r}.")
     elif isinstance(default, float):
       if not (isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(
@@ -225,11 +218,11 @@ def validate_fit_arguments(who: str, options: dict, *, steps, max_seconds, batch
     steps = 4000
   for name, val in (("steps", steps), ("batch_size", batch_size),
                     ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-    if val is not None and not (_is_int(val) and val >= 1):
+    if val is not None and not (is_int(val) and val >= 1):
       raise ValueError(f"{who}: `{name}` must be an int >= 1, got {val!r}.")
   steps = None if steps is None else int(steps)
   batch_size = None if batch_size is None else int(batch_size)
-  if not (_is_int(seed) and 0 <= seed < 2 ** 32):
+  if not (is_int(seed) and 0 <= seed < 2 ** 32):
     raise ValueError(f"{who}: `seed` must be an int in [0, 2**32), got {seed!r}.")
   if max_seconds is not None and not (isinstance(max_seconds, (int, float, np.integer,
                                                                np.floating)) and not isinstance(
@@ -415,8 +408,12 @@ _DIVERGED_SPREAD = 10.0
 
 def map_spread(mp: W2Map, x, y) -> float:
   """RMS distance of ``T(x)`` from the mean of ``y``, over the RMS spread of ``y`` itself: about 1
-  for a map that pushes ``x``'s measure onto ``y``'s; far above it for a diverged map."""
-  y = np.asarray(y, np.float64)
+  for a map that pushes ``x``'s measure onto ``y``'s; far above it for a diverged map.
+  ``x``: source samples ``(n, d)``; ``y``: target samples ``(m, d)`` with ``m >= 2``."""
+  y = np.asarray(_validation.check_points(y, "y"), np.float64)
+  if y.shape[0] < 2 or y.shape[1] != mp.dim:
+    raise ValueError(f"map_spread: `y` must have shape (m, {mp.dim}) with m >= 2, got "
+                     f"{tuple(y.shape)}.")
   tx = np.asarray(mp.transport(x), np.float64)
   my = y.mean(0)
   spread_y = np.sqrt(np.mean(np.sum((y - my) ** 2, -1)))

@@ -31,6 +31,21 @@ from neural_ot.train import TrainState, cosine_schedule
 
 __all__ = ["W2Trainer", "TrainState"]
 
+def is_int(v) -> bool:
+  """A Python or numpy integer, not a bool."""
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_widths(who: str, name: str, val) -> tuple[int, ...]:
+  """Layer widths: a tuple (or list) of ints >= 1, returned as a tuple of Python ints; errors
+  name ``who`` (the caller) and the argument ``name``."""
+  if not (isinstance(val, (tuple, list)) and all(is_int(h) for h in val)):
+    raise TypeError(f"{who}: `{name}` must be a tuple of layer widths (ints), got {val!r}.")
+  if any(h < 1 for h in val):
+    raise ValueError(f"{who}: `{name}` widths must be >= 1, got {tuple(val)}.")
+  return tuple(int(h) for h in val)
+
+
 _AMORTIZATION = ("regression", "objective", "cycle")
 _POTENTIALS = ("icnn", "mlp")
 _INITS = ("gaussian", "identity")
@@ -88,20 +103,13 @@ class W2Trainer:
   context_mode: str = "input"
 
   def __post_init__(self):
-    # Messages name the field as fit_w2 / fit_conditional_w2 take it (they pass it through).
     for name in ("hidden", "predictor_hidden", "context_hidden"):
+      object.__setattr__(self, name, check_widths("W2Trainer", name, getattr(self, name)))
+    for name in ("context_dim", "finetune_iters"):
       val = getattr(self, name)
-      if not (isinstance(val, (tuple, list)) and all(
-          isinstance(h, (int, np.integer)) and not isinstance(h, (bool, np.bool_)) for h in val)):
-        raise TypeError(f"W2Trainer: `{name}` must be a tuple of layer widths (ints), got "
-                        f"{val!r}.")
-      if any(h < 1 for h in val):
-        raise ValueError(f"W2Trainer: `{name}` widths must be >= 1, got {tuple(val)}.")
-      object.__setattr__(self, name, tuple(int(h) for h in val))
-    if not (isinstance(self.context_dim, (int, np.integer)) and not isinstance(
-        self.context_dim, (bool, np.bool_)) and self.context_dim >= 0):
-      raise ValueError(f"W2Trainer: `context_dim` must be an int >= 0, got {self.context_dim!r}.")
-    object.__setattr__(self, "context_dim", int(self.context_dim))
+      if not (is_int(val) and val >= 0):
+        raise ValueError(f"W2Trainer: `{name}` must be an int >= 0, got {val!r}.")
+      object.__setattr__(self, name, int(val))
     if self.context_mode not in ("input", "fixed"):
       raise ValueError(f"W2Trainer: `context_mode` must be 'input' or 'fixed', got "
                        f"{self.context_mode!r}.")
@@ -113,8 +121,6 @@ class W2Trainer:
       if getattr(self, name) not in allowed:
         raise ValueError(f"W2Trainer: `{name}` must be one of {list(allowed)}, got "
                          f"{getattr(self, name)!r}.")
-    if not (isinstance(self.finetune_iters, int) and self.finetune_iters >= 0):
-      raise ValueError(f"W2Trainer: `finetune_iters` must be an int >= 0, got {self.finetune_iters!r}.")
     for name in ("learning_rate", "finetune_tol", "grad_clip"):
       if not float(getattr(self, name)) > 0:
         raise ValueError(f"W2Trainer: `{name}` must be > 0, got {getattr(self, name)!r}.")
