@@ -174,7 +174,8 @@ _BAD_W2_OPTIONS = [
     ("finetune_iters", 2.0), ("finetune_iters", True), ("finetune_tol", 0.0),
     ("finetune_tol", np.nan), ("b1", 1.0), ("b2", -0.1), ("warmup_steps", -1),
     ("weight_decay", np.nan), ("weight_decay", -1.0), ("final_lr_fraction", -1.0),
-    ("final_lr_fraction", np.nan), ("grad_clip", 0.0), ("grad_clip", np.inf),
+    ("final_lr_fraction", np.nan), ("predictor_lr_factor", 0.0),
+    ("predictor_lr_factor", np.inf), ("grad_clip", 0.0), ("grad_clip", np.inf),
     ("strong_convexity", np.nan), ("strong_convexity", -1.0), ("potential", "x"),
     ("potential", 3), ("amortization", "nope"), ("finetune", "sgd"), ("activation", "bogus"),
     ("activation", 3), ("init", "random"), ("stepz", 3), ("learning_rat", 0.1)]

@@ -342,3 +342,27 @@ def test_map_spread_checks_its_target_samples():
   for bad in (np.ones((1, 2)), np.ones((5, 3)), np.full((5, 2), np.nan), "y"):
     with pytest.raises((ValueError, TypeError), match="`y`"):
       map_spread(mp, x, bad)
+
+
+def test_predictor_lr_factor_scales_only_the_predictors_step():
+  """One step from the same state and batch: the predictor moves by exactly ``factor`` times its
+  step at factor 1 (AdamW's direction does not depend on the rate), the potential by the same
+  amount; a factor that is not > 0 is refused by name."""
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (64, 2))
+  y = 2.0 * jax.random.normal(jax.random.PRNGKey(1), (64, 2)) + 1.0
+  base = neural_ot.W2Trainer(hidden=(16, 16), predictor_hidden=(16,), warmup_steps=1)
+  moved = {}
+  for factor in (1.0, 0.1):
+    tr = dataclasses.replace(base, predictor_lr_factor=factor)
+    state = tr.init_state(key, 2, steps=100)
+    new, _ = tr.step(state, (x, y))
+    moved[factor] = jax.tree.map(lambda a, b: b - a, state.params, new.params)
+  for a, b in zip(jax.tree.leaves(moved[1.0]["g"]), jax.tree.leaves(moved[0.1]["g"])):
+    np.testing.assert_allclose(b, 0.1 * a, rtol=1e-3, atol=1e-6)  # float32 rounding of p + u
+  assert max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(moved[1.0]["g"])) > 1e-4
+  for a, b in zip(jax.tree.leaves(moved[1.0]["f"]), jax.tree.leaves(moved[0.1]["f"])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+  for bad in (0.0, -1.0):
+    with pytest.raises(ValueError, match="predictor_lr_factor"):
+      dataclasses.replace(base, predictor_lr_factor=bad)
