@@ -169,6 +169,21 @@ def check_problem(x, y, a, b, epsilon, init, balanced: bool):
   return x.astype(dtype), y.astype(dtype), a, b, epsilon, init
 
 
+def is_int(v) -> bool:
+  """A Python or numpy integer, not a bool."""
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_widths(who: str, name: str, val) -> tuple[int, ...]:
+  """Layer widths: a tuple (or list) of ints >= 1, returned as a tuple of Python ints; errors
+  name ``who`` (the caller) and the argument ``name``."""
+  if not (isinstance(val, (tuple, list)) and all(is_int(h) for h in val)):
+    raise TypeError(f"{who}: `{name}` must be a tuple of layer widths (ints), got {val!r}.")
+  if any(h < 1 for h in val):
+    raise ValueError(f"{who}: `{name}` widths must be >= 1, got {tuple(val)}.")
+  return tuple(int(h) for h in val)
+
+
 def _is_real(v) -> bool:
   return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
@@ -180,7 +195,7 @@ def check_config(solver):
       raise TypeError(f"`{name}` must be a real number, got {type(v).__name__} {v!r}.")
   for name in ("max_iters",):
     v = getattr(solver, name)
-    if not (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1):
+    if not (is_int(v) and v >= 1):
       raise ValueError(f"`{name}` must be a positive int, got {v!r}.")
   for name in ("relative_epsilon", "record_errors"):
     if not isinstance(getattr(solver, name), (bool, np.bool_)):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neural_ot import io
+from neural_ot import _validation, io
 
 __all__ = ["TrainState", "Trainer", "TrainingDivergedError", "run", "guarded_step", "cosine_schedule",
            "data_fingerprint", "data_parallel"]
@@ -164,7 +164,7 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
     raise ValueError(f"{name}: `eval_seconds` must be >= 0, got {eval_seconds!r}.")
   for what, val, low in (("log_every", log_every, 1), ("checkpoint_every", checkpoint_every, 1),
                          ("eval_every", eval_every, 0)):
-    if not (isinstance(val, (int, np.integer)) and not isinstance(val, bool) and val >= low):
+    if not (_validation.is_int(val) and val >= low):
       raise ValueError(f"{name}: `{what}` must be an int >= {low}, got {val!r}.")
   if not (_is_real(max_param_norm) and max_param_norm > 0):
     raise ValueError(f"{name}: `max_param_norm` must be a number > 0, got {max_param_norm!r}.")

@@ -363,6 +363,6 @@ def test_predictor_lr_factor_scales_only_the_predictors_step():
   assert max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(moved[1.0]["g"])) > 1e-4
   for a, b in zip(jax.tree.leaves(moved[1.0]["f"]), jax.tree.leaves(moved[0.1]["f"])):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
-  for bad in (0.0, -1.0):
+  for bad in (0.0, -1.0, float("inf"), float("nan")):
     with pytest.raises(ValueError, match="predictor_lr_factor"):
       dataclasses.replace(base, predictor_lr_factor=bad)

@@ -31,7 +31,8 @@ from neural_ot import gaussian, train
 from neural_ot.conditional.maps import ConditionalW2Map, Contexts, pair_features
 from neural_ot.w2.fit import default_options, validate_fit_arguments
 from neural_ot.w2.maps import Frame
-from neural_ot.w2.trainer import W2Trainer, as_config, is_int
+from neural_ot._validation import is_int
+from neural_ot.w2.trainer import W2Trainer, as_config
 
 __all__ = ["fit_conditional_w2", "ConditionSampler"]
 

@@ -230,10 +230,6 @@ class _PairsSampler:
     return jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), data["support"]
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def _probe_pairs(pairs, n: int, k: int = 2):
   """``pairs(PRNGKey(0), k)``, checked like :meth:`MetaOT.predict`'s
   inputs: real, shape ``(k, n)``, finite, non-negative, each row summing to one."""
@@ -303,10 +299,10 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
     raise ValueError(f"fit_meta: `support` is too spread out: its squared diameter "
                      f"{cost_max:.3g} overflows float32.")
   for name, val in (("steps", steps), ("batch_size", batch_size)):
-    if not (_is_int(val) and val >= 1):
+    if not (_validation.is_int(val) and val >= 1):
       raise ValueError(f"fit_meta: `{name}` must be an int >= 1, got {val!r}.")
   steps, batch_size = int(steps), int(batch_size)  # numpy ints do not go into JSON
-  if not (_is_int(seed) and 0 <= seed < 2 ** 32):
+  if not (_validation.is_int(seed) and 0 <= seed < 2 ** 32):
     raise ValueError(f"fit_meta: `seed` must be an int in [0, 2**32), got {seed!r}.")
   seed = int(seed)
   if base not in ("gaussian", "zeros"):
@@ -330,10 +326,7 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
           and not isinstance(learning_rate, bool) and 0 < learning_rate < float("inf")):
     raise ValueError(f"fit_meta: `learning_rate` must be a finite number > 0, got "
                      f"{learning_rate!r}.")
-  if not (isinstance(hidden, (tuple, list)) and all(_is_int(h) for h in hidden)):
-    raise TypeError(f"fit_meta: `hidden` must be a tuple of layer widths (ints), got {hidden!r}.")
-  if any(h < 1 for h in hidden):
-    raise ValueError(f"fit_meta: `hidden` widths must be >= 1, got {tuple(hidden)}.")
+  _validation.check_widths("fit_meta", "hidden", hidden)
   if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
     raise TypeError(f"fit_meta: `checkpoint_dir` must be a path or None, got "
                     f"{type(checkpoint_dir).__name__}.")

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from neural_ot import _validation
+
 __all__ = ["ImplicitDiff", "Unrolled"]
 
 
@@ -47,7 +49,7 @@ class ImplicitDiff:
       if not (np.isfinite(v) and v >= 0):
         raise ValueError(f"ImplicitDiff: `{name}` must be finite and >= 0, got {v!r}.")
     v = self.max_iters
-    if not (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1):
+    if not (_validation.is_int(v) and v >= 1):
       raise ValueError(f"ImplicitDiff: `max_iters` must be a positive int, got {v!r}.")
 
 

@@ -31,7 +31,8 @@ import numpy as np
 from neural_ot import _validation, gaussian, train
 from neural_ot.train import TrainingDivergedError
 from neural_ot.w2.maps import Frame, W2Map
-from neural_ot.w2.trainer import W2Trainer, as_config, check_widths, is_int
+from neural_ot._validation import check_widths, is_int
+from neural_ot.w2.trainer import W2Trainer, as_config
 
 __all__ = ["fit_w2", "default_options", "training_rows", "PairSampler", "dual_w2",
            "TrainingDivergedError"]

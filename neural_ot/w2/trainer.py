@@ -24,26 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from neural_ot._validation import check_widths, is_int
 from neural_ot.conjugate import ConjugateSolver
 from neural_ot.potentials import ICNN, MLPPotential, MLPPredictor
 from neural_ot.potentials.conditional import ConditionalICNN, ConditionalPredictor, FixedContext
 from neural_ot.train import TrainState, cosine_schedule
 
 __all__ = ["W2Trainer", "TrainState"]
-
-def is_int(v) -> bool:
-  """A Python or numpy integer, not a bool."""
-  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def check_widths(who: str, name: str, val) -> tuple[int, ...]:
-  """Layer widths: a tuple (or list) of ints >= 1, returned as a tuple of Python ints; errors
-  name ``who`` (the caller) and the argument ``name``."""
-  if not (isinstance(val, (tuple, list)) and all(is_int(h) for h in val)):
-    raise TypeError(f"{who}: `{name}` must be a tuple of layer widths (ints), got {val!r}.")
-  if any(h < 1 for h in val):
-    raise ValueError(f"{who}: `{name}` widths must be >= 1, got {tuple(val)}.")
-  return tuple(int(h) for h in val)
 
 
 _AMORTIZATION = ("regression", "objective", "cycle")
@@ -130,8 +117,9 @@ class W2Trainer:
         raise ValueError(f"W2Trainer: `{name}` must be one of {list(allowed)}, got "
                          f"{getattr(self, name)!r}.")
     for name in ("learning_rate", "predictor_lr_factor", "finetune_tol", "grad_clip"):
-      if not float(getattr(self, name)) > 0:
-        raise ValueError(f"W2Trainer: `{name}` must be > 0, got {getattr(self, name)!r}.")
+      if not 0 < float(getattr(self, name)) < float("inf"):
+        raise ValueError(f"W2Trainer: `{name}` must be finite and > 0, got "
+                         f"{getattr(self, name)!r}.")
     for name in ("b1", "b2"):
       if not 0.0 <= float(getattr(self, name)) < 1.0:
         raise ValueError(f"W2Trainer: `{name}` must be in [0, 1), got {getattr(self, name)!r}.")
