@@ -232,6 +232,31 @@ def test_zero_weight_points_whose_kernel_overflows_give_finite_costs_and_gradien
     np.testing.assert_allclose(gx, 0.0, atol=1e-4)  # a pure translation: no gradient in x
 
 
+@pytest.mark.parametrize("online", [False, True])
+def test_epsilon_gradient_with_a_zero_weight_matches_finite_differences(online, x64):
+  """The derivative of the cost in ``epsilon`` with a zero-weight point was NaN in both modes
+  (``eps * log(0)`` in the folded potential, and the tangent of ``(u + v - C) / eps`` at a
+  ``-inf`` potential). It must equal the float64 central difference, and the point must not
+  matter: the same problem without it gives the same derivative."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (12, 2))
+  y = jax.random.normal(jax.random.PRNGKey(1), (9, 2)) + 1.0
+  a = jnp.ones(12).at[3].set(0.0) / 11.0
+  b = jnp.ones(9) / 9.0
+  keep = np.arange(12) != 3
+  for adjoint in (neural_ot.ImplicitDiff(), neural_ot.Unrolled()):
+    def cost(eps, x=x, a=a):
+      return neural_ot.sinkhorn(x, y, a, b, epsilon=eps, online=online, tol=1e-10,
+                                max_iters=5000, adjoint=adjoint).reg_ot_cost
+    fd = (cost(0.5 + 1e-5) - cost(0.5 - 1e-5)) / 2e-5
+    grads = [jax.grad(cost)(0.5)]
+    if isinstance(adjoint, neural_ot.ImplicitDiff):
+      grads.append(jax.jacfwd(cost)(0.5))
+      np.testing.assert_allclose(float(grads[0]), float(jax.grad(lambda e: cost(
+          e, x[keep], a[keep]))(0.5)), rtol=1e-8)
+    for grad in grads:
+      np.testing.assert_allclose(float(grad), float(fd), rtol=1e-6)
+
+
 def test_type_errors_name_the_argument():
   x = np.random.default_rng(0).normal(size=(5, 2))
   for kwargs, exc, match in [

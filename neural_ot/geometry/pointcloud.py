@@ -82,6 +82,27 @@ def _lse(z, axis):
   return jnp.log(s) + sg(-jnp.min(-z, axis=axis))
 
 
+@jax.custom_jvp
+def _over_eps(num, eps):
+  """``num / eps``, the kernel's exponent ``(u_i + v_j - C_ij) / eps``, whose tangent is zero in
+  ``eps`` where ``num = -inf`` (the folded potential of a zero-weight point).
+
+  The plain quotient's tangent there is ``-num / eps^2 * deps = inf``, and ``exp``'s tangent
+  ``0 * inf = NaN``: the gradient in ``epsilon`` of a solve with a zero weight was NaN. The
+  primal is the plain quotient (the same arithmetic as before, bit for bit); the ``where`` is
+  only in the derivative.
+  """
+  return num / eps
+
+
+@_over_eps.defjvp
+def _over_eps_jvp(primals, tangents):
+  num, eps = primals
+  dnum, deps = tangents
+  z = num / eps
+  return z, (dnum - jnp.where(jnp.isfinite(z), z, 0.0) * deps) / eps
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PointCloud:
@@ -196,7 +217,7 @@ class PointCloud:
       if kind == "wcost_lin":
         w = jnp.exp(v_blk)
         return (cmat @ w) if axis == 1 else (w @ cmat)
-      z = (u_blk[:, None] + v_blk[None, :] - cmat) / eps
+      z = _over_eps(u_blk[:, None] + v_blk[None, :] - cmat, eps)
       if kind == "lse":
         return _lse(z, axis)
       ez = jnp.exp(z)
@@ -252,7 +273,7 @@ class PointCloud:
       add = (lambda part: part) if acc is None else (lambda part: acc + part)
       if kind == "wcost_lin":
         return add(c @ jnp.exp(rpot))
-      z = (kpot[:, None] + rpot[None, :] - c) / eps
+      z = _over_eps(kpot[:, None] + rpot[None, :] - c, eps)
       if kind == "lse":
         m = sg(jnp.max(z, axis=1))
         if acc is not None:

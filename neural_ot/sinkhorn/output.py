@@ -12,11 +12,14 @@ from neural_ot.geometry.pointcloud import PointCloud
 __all__ = ["SinkhornOutput"]
 
 
-def safe_log(w):
-  """``log(w)`` with ``-inf`` at zero weights and no NaN gradient there: folding a weight into
-  a potential (``f + eps log a``) then gives a zero-weight point no mass (the solver's one
-  definition)."""
-  return jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
+def fold(p, eps, w):
+  """The potential ``p`` with the weights folded in, ``p + eps log(w)``: ``-inf`` at zero
+  weights (the solver's one definition of a massless point), where the derivative in ``p``,
+  ``eps`` and ``w`` is zero. Written as ``p + eps * log(w)`` with a safe log, the ``eps``
+  cotangent at a zero weight was ``0 * -inf = NaN``: the gradient in ``epsilon`` of a solve
+  with a zero weight was NaN."""
+  pos = w > 0
+  return jnp.where(pos, p + eps * jnp.log(jnp.where(pos, w, 1.0)), -jnp.inf)
 
 
 def _fit(v, size, fill):
@@ -82,8 +85,8 @@ class SinkhornOutput(NamedTuple):
     # A sharded solve may have padded the geometry with zero-weight points:
     # pad the potentials to match (folded value -inf: they drop out).
     n, m = self.geom.shape
-    return (_fit(self.f + self.epsilon * safe_log(self.a), n, -jnp.inf),
-            _fit(self.g + self.epsilon * safe_log(self.b), m, -jnp.inf))
+    return (_fit(fold(self.f, self.epsilon, self.a), n, -jnp.inf),
+            _fit(fold(self.g, self.epsilon, self.b), m, -jnp.inf))
 
   def apply(self, vec: jax.Array, axis: int = 1) -> jax.Array:
     """``P @ vec`` (``axis=1``, vec ``(m,)`` or ``(m, k)``) or ``P.T @ vec``

@@ -34,7 +34,7 @@ from neural_ot.geometry import costs as costs_lib
 from neural_ot.geometry.pointcloud import PointCloud, check_mesh_axis
 from neural_ot.sinkhorn import adjoint as adjoint_lib
 from neural_ot.sinkhorn.adjoint import ImplicitDiff, Unrolled
-from neural_ot.sinkhorn.output import SinkhornOutput, safe_log
+from neural_ot.sinkhorn.output import SinkhornOutput, fold
 
 __all__ = ["Sinkhorn", "SinkhornState", "sinkhorn", "dual_objective", "solve_points"]
 
@@ -135,7 +135,7 @@ def dual_objective(geom: PointCloud, a, b, f, g, eps, rho_a=None, rho_b=None):
   # derivative at a zero weight, so the exact one (a row or column sum over the points
   # that have mass, bounded) is added as a term whose value is zero.
   sg = jax.lax.stop_gradient
-  u, v = f + eps * safe_log(a), g + eps * safe_log(b)
+  u, v = fold(f, eps, a), fold(g, eps, b)
   mass = jnp.sum(geom.apply_plan(u, v, eps, jnp.ones(b.shape, b.dtype), axis=1))
   row = sg(geom.apply_plan(f, v, eps, jnp.ones(b.shape, b.dtype), axis=1))
   col = sg(geom.apply_plan(u, g, eps, jnp.ones(a.shape, a.dtype), axis=0))
@@ -236,11 +236,11 @@ class Sinkhorn:
     """The exact ``g``-update (stable log-sum-exp): ``g_j = -eps log sum_i a_i exp((f_i -
     C_ij) / eps)``, times ``rho_b / (rho_b + eps)`` when unbalanced. Balanced, the plan of
     ``(f, g)`` then has the column marginal ``b`` exactly."""
-    lse = geom.lse(f + eps * safe_log(a), jnp.zeros(geom.shape[1], f.dtype), eps, axis=0)
+    lse = geom.lse(fold(f, eps, a), jnp.zeros(geom.shape[1], f.dtype), eps, axis=0)
     return -_tau(self.rho_b, eps) * eps * lse
 
   def _f_stable(self, geom, b, g, eps):
-    lse = geom.lse(jnp.zeros(geom.shape[0], g.dtype), g + eps * safe_log(b), eps, axis=1)
+    lse = geom.lse(jnp.zeros(geom.shape[0], g.dtype), fold(g, eps, b), eps, axis=1)
     return -_tau(self.rho_a, eps) * eps * lse
 
   def init(self, geom: PointCloud, a, b, eps, f0=None, g0=None) -> SinkhornState:
@@ -279,7 +279,7 @@ class Sinkhorn:
     eps = jnp.asarray(eps, f.dtype)
     eps_t = self.epsilon_at(it, eps)
     # Row sums s_i = sum_j b_j exp((f_i + g_j - C_ij)/eps): the plan's row marginal / a.
-    s = geom.kernel_sum(f, g + eps_t * safe_log(b), eps_t, axis=1)
+    s = geom.kernel_sum(f, fold(g, eps_t, b), eps_t, axis=1)
     target = 1.0 if self.rho_a is None else jnp.exp(-f / self.rho_a)
     # Full L1 error of the current plan: rows now, columns from the last step.
     err = jnp.sum(jnp.where(a > 0, a * jnp.abs(s - target), 0.0)) + col_err
@@ -289,7 +289,7 @@ class Sinkhorn:
           it, err, omega, lam, err_ref, err_span, warmup, eps_t, eps)
     f_hat = _tau(self.rho_a, eps_t) * (f - eps_t * jnp.log(jnp.clip(s, _S_MIN, _S_MAX)))
     f_new = f + omega * (f_hat - f)
-    t = geom.kernel_sum(f_new + eps_t * safe_log(a), g, eps_t, axis=0)
+    t = geom.kernel_sum(fold(f_new, eps_t, a), g, eps_t, axis=0)
     g_hat = _tau(self.rho_b, eps_t) * (g - eps_t * jnp.log(jnp.clip(t, _S_MIN, _S_MAX)))
     g_new = g + omega * (g_hat - g)
     # Column ratio of the plan (f_new, g_new), exact and free: over-relaxation
@@ -381,8 +381,8 @@ class Sinkhorn:
     """Gradient of the dual objective in (f, g): zero at the solution."""
     f, g = fg
     # Weights folded into the other side's potential (see dual_objective): no inf * 0.
-    s = geom.apply_plan(f, g + eps * safe_log(b), eps, jnp.ones(b.shape, b.dtype), axis=1)
-    t = geom.apply_plan(f + eps * safe_log(a), g, eps, jnp.ones(a.shape, a.dtype), axis=0)
+    s = geom.apply_plan(f, fold(g, eps, b), eps, jnp.ones(b.shape, b.dtype), axis=1)
+    t = geom.apply_plan(fold(f, eps, a), g, eps, jnp.ones(a.shape, a.dtype), axis=0)
     rf = a * ((1.0 if self.rho_a is None else jnp.exp(-f / self.rho_a)) - s)
     rg = b * ((1.0 if self.rho_b is None else jnp.exp(-g / self.rho_b)) - t)
     return rf, rg
