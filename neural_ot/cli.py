@@ -275,9 +275,10 @@ def _summarise(mp, x, y, seconds, steps):
 
 def _train_options(args) -> dict:
   opts = dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-              potential=args.potential, amortization=args.amortization, progress=not args.quiet)
+              amortization=args.amortization, progress=not args.quiet)
   # Unset options are left to fit_w2, which picks them from the data.
-  for key, val in (("learning_rate", args.lr), ("finetune_iters", args.finetune_iters)):
+  for key, val in (("learning_rate", args.lr), ("finetune_iters", args.finetune_iters),
+                   ("potential", args.potential)):
     if val is not None:
       opts[key] = val
   return opts
@@ -501,8 +502,9 @@ def _add_training(p, steps, steps_help="optimizer steps"):
                  help="samples per measure per step (None: fit_w2 picks it from the data)")
   p.add_argument("--lr", type=_positive_float32, default=None,
                  help="peak learning rate (None: fit_w2's default)")
-  p.add_argument("--potential", default="icnn", choices=["icnn", "mlp"],
-                 help="network of the potential: input-convex (icnn) or plain MLP")
+  p.add_argument("--potential", default=None, choices=["icnn", "mlp"],
+                 help="network of the potential: input-convex (icnn) or plain MLP (None: fit_w2 "
+                      "picks it from the dimension: MLP in 8-16)")
   p.add_argument("--amortization", default="regression",
                  choices=["regression", "objective", "cycle"],
                  help="how the inverse-map predictor is trained")

@@ -219,9 +219,9 @@ def test_gaussian_init_honours_strong_convexity():
   (m1, s1, m2, s2), src, tgt = _gaussian_pair(3, seed=6)
   x = np.asarray(src(jax.random.PRNGKey(0), 4000))
   y = np.asarray(tgt(jax.random.PRNGKey(1), 4000))
-  for c in (0.0, 0.1):
+  for potential, c in (("icnn", 0.0), ("icnn", 0.1), ("mlp", 0.0), ("mlp", 0.1)):
     mp = neural_ot.fit_w2(x, y, steps=1, learning_rate=1e-12, strong_convexity=c,
-                          standardize=False, **SMALL)
+                          standardize=False, **{**SMALL, "potential": potential})
     a, b = gaussian_map(*neural_ot.gaussian.moments(mp_rows(x)), *neural_ot.gaussian.moments(
         mp_rows(y)))
     pred = mp.transport(x[:200])
@@ -285,6 +285,10 @@ def test_a_checkpoint_of_other_data_is_refused(tmp_path):
 def test_default_options_reject_bad_input():
   from neural_ot.w2 import default_options
   assert default_options(64, 100)["batch_size"] == 100
+  # The potential follows the dimension: the non-convex MLP in 8-16 (measured better there),
+  # the convex ICNN elsewhere.
+  assert [default_options(d)["potential"] for d in (1, 4, 8, 16, 17, 256)] == [
+      "icnn", "icnn", "mlp", "mlp", "icnn", "icnn"]
   assert default_options(4, 100)["learning_rate"] < default_options(4)["learning_rate"]
   with pytest.raises(ValueError, match="`dim` must be an int >= 1"):
     default_options(0)
@@ -366,3 +370,43 @@ def test_predictor_lr_factor_scales_only_the_predictors_step():
   for bad in (0.0, -1.0, float("inf"), float("nan")):
     with pytest.raises(ValueError, match="predictor_lr_factor"):
       dataclasses.replace(base, predictor_lr_factor=bad)
+
+
+@pytest.mark.parametrize("potential", ["icnn", "mlp"])
+def test_batch_candidates_take_the_best_of_the_argmax_and_the_batch(potential):
+  """With ``batch_candidates`` each row's conjugate value is the larger of the fine-tuned
+  argmax's and the best batch point's ``<x_i, y_j> - f(x_i)`` (computed here in numpy from the
+  potential alone); without it, the argmax's. A perturbed predictor (no fine-tuning) is beaten
+  by a batch point on some rows, so the two differ and the test can fail."""
+  key = jax.random.PRNGKey(3)
+  x = jax.random.normal(key, (48, 3))
+  y = 1.5 * jax.random.normal(jax.random.PRNGKey(4), (48, 3)) + 2.0
+  base = neural_ot.W2Trainer(potential=potential, hidden=(16, 16), predictor_hidden=(16,),
+                             finetune_iters=0, init="identity")
+  state = base.init_state(key, 3, steps=10)
+  leaves, tree = jax.tree.flatten(state.params["g"])
+  noise = [0.7 * jax.random.normal(jax.random.PRNGKey(i), v.shape) for i, v in enumerate(leaves)]
+  state = state._replace(params={"f": state.params["f"],
+                                 "g": jax.tree.unflatten(tree, [a + b for a, b in zip(leaves, noise)])})
+  f = jax.vmap(base.potential_fn(state.params["f"]))
+  x_hat = np.asarray(base.predict(state.params["g"], y))
+  fx = np.asarray(f(x), np.float64)
+  local = np.sum(x_hat * y, -1) - np.asarray(f(x_hat))
+  batch = (np.asarray(y, np.float64) @ np.asarray(x, np.float64).T - fx[None]).max(1)
+  assert np.mean(batch > local) > 0.05  # the batch wins somewhere
+  for flag, conj in ((True, np.maximum(local, batch)), (False, local)):
+    tr = dataclasses.replace(base, batch_candidates=flag)
+    _, metrics = tr.loss(state.params, x, y)
+    np.testing.assert_allclose(float(metrics["loss"]), fx.mean() + conj.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["conj_batch_wins"]),
+                               np.mean(batch > local) if flag else 0.0, atol=1e-6)
+  with pytest.raises(ValueError, match="batch_candidates"):
+    dataclasses.replace(base, batch_candidates="yes")
+
+
+def test_fit_w2_picks_the_potential_from_the_dimension_unless_told():
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (400, 8)))
+  fit = lambda **kw: neural_ot.fit_w2(x, 2.0 * x, steps=1, **{**SMALL, **kw}).trainer.potential
+  assert fit() == "mlp"
+  assert fit(potential="icnn") == "icnn"
+  assert fit(activation="softplus") == "icnn"  # an ICNN option

@@ -298,6 +298,7 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
                     f"`sample(key, n) -> (c, x, y)`, got {type(data).__name__}.")
 
   defaults = default_options(dim, n_min)
+  defaults["potential"] = "icnn"  # conditional networks are ICNNs in x
   # A lower peak rate than one map's: on a Gaussian family (D = 4, 16 contexts) 1e-2 gave
   # 5-10x lower forward L2-UVP on the training contexts than 5e-2 after 1000 steps, and
   # lower held-out error than 3e-3 (benchmarks/conditional.py; notes of issue 15).

@@ -118,10 +118,17 @@ class ICNN(nn.Module):
 
 
 class MLPPotential(nn.Module):
-  """A plain (not necessarily convex) MLP potential plus the quadratic
-  ``0.5 |x W|^2`` and a linear term (``W = I`` at initialisation)."""
+  """A plain (not necessarily convex) MLP potential plus the quadratic ``0.5 |x W|^2``, a linear
+  term (``W = I`` at initialisation) and a fixed ``0.5 * strong_convexity |x|^2``.
+
+  Softplus activations. The network part has a bounded gradient, so the conjugate's supremum is
+  finite whenever the quadratic part is positive definite (``strong_convexity > 0`` guarantees
+  it), but its argmax problem need not be concave: the trainer's local solve can miss the global
+  one (``W2Trainer.batch_candidates``).
+  """
 
   hidden: Sequence[int] = (64, 64)
+  strong_convexity: float = 0.0
 
   @nn.compact
   def __call__(self, x):
@@ -133,11 +140,12 @@ class MLPPotential(nn.Module):
     d = x.shape[-1]
     quad = self.param("quad", lambda key, shape: jnp.eye(shape[0]), (d, d))
     xw = x @ quad
-    return out + 0.5 * jnp.sum(xw * xw, axis=-1)
+    return out + 0.5 * jnp.sum(xw * xw, axis=-1) + 0.5 * self.strong_convexity * jnp.sum(
+        x * x, axis=-1)
 
   def from_affine(self, params, a, b):
     """``params`` set so that ``grad f`` starts at ``x -> A x + b``."""
-    return _set_quadratic(params, a, b)
+    return _set_quadratic(params, a, b, self.strong_convexity)
 
   def from_moments(self, params, source_moments, target_moments):
     """``params`` set so that ``grad f`` starts at the Gaussian OT map of the moments."""

@@ -9,8 +9,8 @@ What ``fit_w2(source, target)`` does with no options:
   scalings keep optimal maps optimal (``(T(s_x x + m_x) - m_y) / s_y`` is the gradient of a
   convex function whenever ``T`` is), so the map is learned at unit scale and composed back:
   :class:`W2Map` maps in the user's units;
-* picks the network widths, learning rate and conjugate budget from the dimension
-  (:func:`default_options`), starts ``grad f`` at the closed-form map between the
+* picks the potential (a non-convex MLP in 8 to 16 dimensions, a convex ICNN otherwise), the network
+  widths, learning rate and conjugate budget from the dimension (:func:`default_options`), starts ``grad f`` at the closed-form map between the
   moment-matched Gaussians, and trains with a cosine schedule that fits ``steps`` or the
   ``max_seconds`` budget.
 """
@@ -41,6 +41,7 @@ _CKPT = "checkpoint.msgpack"
 _NETWORK_FIELDS = frozenset({"potential", "hidden", "activation", "strong_convexity",
                              "predictor_hidden", "context_dim", "context_hidden", "context_mode"})
 _N_HELD_OUT = 4096
+MLP_DIMS = (8, 16)  # the dimensions (inclusive) whose default potential is the non-convex MLP
 _N_MOMENTS = 16384
 
 
@@ -58,6 +59,15 @@ def default_options(dim: int, n: int | None = None) -> dict:
   is 256 (capped by ``n``), the conjugate budget 10 L-BFGS steps to ``|grad| < 1e-3`` (5 steps
   was 1.2-1.6x worse per step at D = 16 and 64).
 
+  The potential is the non-convex ``"mlp"`` for ``8 <= dim <= 16`` and the convex ``"icnn"``
+  elsewhere (:data:`MLP_DIMS`). Measured on 2 CPU cores, forward / inverse L2-UVP
+  (``benchmarks/RESULTS.md``): at equal steps, on the Mix3toMix10 pairs and on
+  ``w2bench.random_pair(dim, seed=1)``, the MLP was 1.3-2.5x better both ways at D = 8 and 16
+  (both pairs) and 2-5x worse at D = 32 (both pairs), 2x worse inverse at D = 64; at equal
+  wall-clock (120 s) it was 1.3-2.3x worse than the ICNN at D = 2 and 4. Dimensions 5-7 were not
+  measured and keep the ICNN. With the conjugate's batch candidates (:class:`W2Trainer`) the MLP
+  no longer diverges at D = 64 as it did without them.
+
   Example:
     >>> default_options(8)["hidden"]
     (64, 64, 32)
@@ -73,7 +83,8 @@ def default_options(dim: int, n: int | None = None) -> dict:
   # samplers) the benchmark's 5e-2.
   lr = 5e-2 if n is None or n >= 10000 else 1e-2 + 4e-2 * n / 10000
   batch = 256 if n is None else max(1, min(256, int(n)))
-  return dict(hidden=(2 * m, 2 * m, m), predictor_hidden=(2 * m, 2 * m), learning_rate=lr,
+  mlp = MLP_DIMS[0] <= dim <= MLP_DIMS[1]
+  return dict(potential="mlp" if mlp else "icnn", hidden=(2 * m, 2 * m, m), predictor_hidden=(2 * m, 2 * m), learning_rate=lr,
               finetune_iters=10, finetune_tol=1e-3, batch_size=batch)
 
 
@@ -264,7 +275,10 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
            progress: bool = True, log_every: int = 100, max_param_norm: float = 1e6,
            dtype=None, mesh=None, axis_name: str | None = None, init_map: W2Map | None = None,
            **options) -> W2Map:
-  """Learn the W2 optimal map ``T = grad f`` (``f`` convex) from ``source`` to ``target``.
+  """Learn the W2 optimal map ``T = grad f`` from ``source`` to ``target``.
+
+  ``f`` is a non-convex MLP potential in 8 to 16 dimensions (more accurate there per unit of
+  compute) and a convex ICNN otherwise (:func:`default_options`); ``potential=`` chooses.
 
   Args:
     source, target: arrays ``(n, d)`` (numpy or jax; ``(n,)`` means ``d = 1``) or samplers
@@ -304,7 +318,7 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
     samples, in the user's units), ``save``. A ``RuntimeWarning`` says when the forward map
     sends held-out source samples more than 10x as far from the target's mean as the target's
     own spread (:func:`map_spread`): a diverged map, which training metrics cannot see (a
-    non-convex ``potential="mlp"`` did this at D = 64).
+    non-convex ``potential="mlp"`` did this at D = 64 before ``batch_candidates``).
 
   Example:
     >>> import jax, neural_ot
@@ -350,6 +364,8 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
                        f"only optimisation options can be given with it.")
     trainer = dataclasses.replace(init_map.trainer, **options)
   else:
+    if "activation" in options and "potential" not in options:
+      defaults["potential"] = "icnn"  # an activation is an ICNN option
     trainer = W2Trainer(**{**defaults, **options})
 
   if init_map is not None:

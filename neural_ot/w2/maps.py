@@ -130,7 +130,8 @@ class W2Map:
     return self.transport(x)
 
   def potential(self, x) -> jax.Array:
-    """Convex potential ``f(x)`` (up to a constant; ``grad f`` is :meth:`transport`), shape ``(n,)``."""
+    """The potential ``f(x)`` (up to a constant; ``grad f`` is :meth:`transport`; convex with
+    ``potential="icnn"``), shape ``(n,)``."""
     arr = self._check(x, "x")
     fr = self.frame.astype(self.dtype)
     x2 = jnp.atleast_2d(arr)
@@ -162,7 +163,7 @@ class W2Map:
 
     ott-jax writes the dual of OT with ``c(x, y) = |x - y|^2`` (``costs.SqEuclidean``) as
     ``f(x) + g(y) <= |x - y|^2`` and transports by ``x - grad f(x) / 2``. With this map's
-    convex potential ``phi`` (``grad phi`` = :meth:`transport`, in the user's units) the
+    potential ``phi`` (``grad phi`` = :meth:`transport`, in the user's units) the
     optimal pair is ``f(x) = |x|^2 - 2 phi(x)``, ``g(y) = |y|^2 - 2 phi*(y)``, so that
     ``to_ott().transport(x)`` equals :meth:`transport` and ``transport(y, forward=False)``
     equals :meth:`inverse`, and ``distance(x, y)`` estimates W2^2. ``phi*(y)`` is evaluated
