@@ -66,7 +66,9 @@ def default_options(dim: int, n: int | None = None) -> dict:
   (both pairs) and 2-5x worse at D = 32 (both pairs), 2x worse inverse at D = 64; at equal
   wall-clock (120 s) it was 1.3-2.3x worse than the ICNN at D = 2 and 4. Dimensions 5-7 were not
   measured and keep the ICNN. With the conjugate's batch candidates (:class:`W2Trainer`) the MLP
-  no longer diverges at D = 64 as it did without them.
+  no longer diverges at D = 64 as it did without them. Caveat: over a 15-minute budget (89,000
+  steps at D = 8) the MLP ended at 0.82 % forward, no better than at 2 minutes and worse than
+  the ICNN's 0.72 %; for long runs at D = 8-16, ``potential="icnn"`` may be the better choice.
 
   Example:
     >>> default_options(8)["hidden"]
