@@ -9,8 +9,9 @@ What ``fit_w2(source, target)`` does with no options:
   scalings keep optimal maps optimal (``(T(s_x x + m_x) - m_y) / s_y`` is the gradient of a
   convex function whenever ``T`` is), so the map is learned at unit scale and composed back:
   :class:`W2Map` maps in the user's units;
-* picks the potential (a non-convex MLP in 8 to 16 dimensions, a convex ICNN otherwise), the network
-  widths, learning rate and conjugate budget from the dimension (:func:`default_options`), starts ``grad f`` at the closed-form map between the
+* picks the potential (a non-convex MLP in 8 to 16 dimensions, a convex ICNN otherwise), the
+  network widths, learning rate and conjugate budget from the dimension
+  (:func:`default_options`), starts ``grad f`` at the closed-form map between the
   moment-matched Gaussians, and trains with a cosine schedule that fits ``steps`` or the
   ``max_seconds`` budget.
 """
@@ -86,7 +87,8 @@ def default_options(dim: int, n: int | None = None) -> dict:
   lr = 5e-2 if n is None or n >= 10000 else 1e-2 + 4e-2 * n / 10000
   batch = 256 if n is None else max(1, min(256, int(n)))
   mlp = MLP_DIMS[0] <= dim <= MLP_DIMS[1]
-  return dict(potential="mlp" if mlp else "icnn", hidden=(2 * m, 2 * m, m), predictor_hidden=(2 * m, 2 * m), learning_rate=lr,
+  return dict(potential="mlp" if mlp else "icnn", hidden=(2 * m, 2 * m, m),
+              predictor_hidden=(2 * m, 2 * m), learning_rate=lr,
               finetune_iters=10, finetune_tol=1e-3, batch_size=batch)
 
 

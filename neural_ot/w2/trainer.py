@@ -233,16 +233,17 @@ class W2Trainer:
     f = self.potential_fn(params["f"])
     f_sg = self.potential_fn(jax.lax.stop_gradient(params["f"]))
     x_hat, x_t, iters, grad_norm = self.finetuned_argmax(params, y, c)
-    fx = jax.vmap(f)(x, *ctx)
+    fx, fxt = jax.vmap(f)(x, *ctx), jax.vmap(f)(x_t, *ctx)
     wins = jnp.zeros(y.shape[:1], bool)
     if self.batch_candidates and c is None:
-      fx_sg = jax.lax.stop_gradient(fx)
-      scores = y @ x.T - fx_sg[None, :]  # (b_y, b_x): <x_i, y_j> - f(x_i)
+      # f at the batch points is fx already: pick per row, no further pass of the network.
+      sg = jax.lax.stop_gradient
+      scores = y @ x.T - sg(fx)[None, :]  # (b_y, b_x): <x_i, y_j> - f(x_i)
       best = jnp.argmax(scores, axis=1)
-      local = jnp.sum(x_t * y, -1) - jax.vmap(f_sg)(x_t)
+      local = jnp.sum(x_t * y, -1) - sg(fxt)
       wins = jnp.take_along_axis(scores, best[:, None], 1)[:, 0] > local
       x_t = jnp.where(wins[:, None], x[best], x_t)
-    fxt = jax.vmap(f)(x_t, *ctx)
+      fxt = jnp.where(wins, fx[best], fxt)
     conj = jnp.sum(x_t * y, -1) - fxt
     loss_f = fx.mean() - fxt.mean()  # Danskin: <x_t, y> has no gradient
     if self.amortization == "regression":
