@@ -136,6 +136,7 @@ def test_sampler_data_and_training_improves_on_the_base():
   assert errs[600] < 0.5 * errs[1]
 
 
+@pytest.mark.slow
 def test_predict_and_finetune_start_from_the_prediction():
   rng = np.random.default_rng(3)
   mp = fit_conditional_w2(_scaled_family(rng, [-1.0, 0.0, 1.0]), steps=100, **SMALL)

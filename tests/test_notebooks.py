@@ -23,6 +23,7 @@ def test_there_are_notebooks():
   assert NOTEBOOKS, "no notebooks found in notebooks/"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, monkeypatch, tmp_path):
   monkeypatch.setenv("NEURAL_OT_SMALL", "1")

@@ -184,6 +184,7 @@ def test_tile_size_parsing():
     neural_ot.Sinkhorn(tile_size=(0, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implicit_diff", [True, False])
 def test_solver_with_non_dividing_blocks_matches_dense(implicit_diff):
   x, y, a, b = weighted_clouds(41, 27, 2, seed=4)

@@ -32,6 +32,7 @@ def test_readme_has_python_blocks():
   assert len(BLOCKS) == README.read_text().count("```python")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line, code", BLOCKS, ids=[f"line{n}" for n, _ in BLOCKS])
 def test_readme_block_runs(line, code, tmp_path):
   env = dict(os.environ, NEURAL_OT_SMALL="1", MPLBACKEND="Agg")

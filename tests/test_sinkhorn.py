@@ -132,6 +132,7 @@ def test_divergence_properties():
   np.testing.assert_allclose(s_shift, t @ t, rtol=1e-4)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(2, 12), m=st.integers(2, 12), seed=st.integers(0, 2**16),
        eps=st.floats(0.05, 2.0))

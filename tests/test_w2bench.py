@@ -210,6 +210,7 @@ def test_load_pair_reports_missing_files(tmp_path):
     w2bench.load_pair(0, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_runner_beats_the_linear_baseline_quickly():
   pair = w2bench.load_pair(2, _need_data())
   res = run_method(pair, "regression", steps=400, eval_every=200, hidden=(32, 32),
@@ -221,6 +222,7 @@ def test_runner_beats_the_linear_baseline_quickly():
   assert res["train_s"] > 0 and res["steps"] == 400
 
 
+@pytest.mark.slow
 def test_cli_bench_w2_writes_a_loadable_map(tmp_path, capsys):
   rc = cli.main(["bench", "w2", "--dim", "2", "--steps", "100", "--eval-every", "50", "--quiet",
                  "--data-dir", _need_data(), "--out", str(tmp_path)])

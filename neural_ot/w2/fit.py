@@ -46,17 +46,34 @@ MLP_DIMS = (8, 16)  # the dimensions (inclusive) whose default potential is the 
 _N_MOMENTS = 16384
 
 
-def default_options(dim: int, n: int | None = None) -> dict:
+def default_options(dim: int, n: int | None = None, potential: str | None = None) -> dict:
   """The settings ``fit_w2`` uses for data of dimension ``dim`` (and ``n`` training rows).
+
+  ``potential`` (``"icnn"`` or ``"mlp"``) fixes the potential, whose choice sets the learning
+  rate; by default it is picked from ``dim`` (below).
 
   A function of the data's shape only (never of a benchmark file; the data are standardised
   first, so scale does not enter). Widths follow the published setting ``[2m, 2m, m]``,
-  ``m = max(dim, 32)`` (Amos 2023, Korotin 2021). The peak learning rate is 5e-2 at every
-  dimension for samplers and data sets of 10,000 rows or more: measured on 2 CPU cores at equal
-  steps (Mix3toMix10 D = 8, 16, 64 and a random known-map pair at D = 16), rates of 3e-2 to
-  1.5e-1 gave 2-5x lower forward L2-UVP than the 1e-2 to 3e-3 used before, and 5e-2 was within
-  1.3x of the best rate on every pair. Smaller data sets get a lower rate (linear from 1e-2 at
-  n = 0), since a high rate overfits a small sample. The batch
+  ``m = max(dim, 32)`` (Amos 2023, Korotin 2021).
+
+  The learning rate follows a cosine schedule from its peak to ``final_lr_fraction = 0.005`` of
+  it (``W2Trainer``'s own default is 0.05). Measured on 2 CPU cores at equal steps, forward /
+  inverse L2-UVP on the Mix3toMix10 pairs (``benchmarks/RESULTS.md``): decaying to 0.005
+  instead of 0.05 gave D = 2 0.116 / 0.117 % vs 0.136 / 0.189 % (18,000 steps), D = 4 0.419 /
+  0.136 vs 0.417 / 0.151 (13,000), D = 32 2.05 / 0.63 vs 2.23 / 0.91 (8,000), and with the MLP
+  at D = 8 0.558 / 0.213 vs 0.730 / 0.366 (40,000 steps; 0 instead of 0.005: 0.574 / 0.212):
+  the end of the run averages out the batch noise instead of following it.
+
+  The peak rate is 5e-2 for the ICNN and 2e-2 for the MLP, for samplers and data sets of
+  10,000 rows or more. For the ICNN, rates of 3e-2 to 1.5e-1 gave 2-5x lower forward L2-UVP
+  than the 1e-2 to 3e-3 used before (D = 8, 16, 64 and a random known-map pair at D = 16), and
+  5e-2 was within 1.3x of the best rate on every pair. For the MLP (both with the decay to
+  0.005), 2e-2 against 5e-2: D = 8 0.660 / 0.223 vs 0.735 / 0.249 % (13,000 steps) and 0.512 /
+  0.172 vs 0.558 / 0.213 (40,000); D = 16 0.515 / 0.254 against 0.677 / 0.454 with the old
+  decay (10,000); 3e-2 was in between. With a 15-minute budget (``max_seconds=900``, 110,000
+  steps) at D = 8 these defaults reached 0.401 / 0.156 %, against 0.822 / 0.435 % with 5e-2 and
+  the decay to 0.05. Smaller data sets get a lower rate (from a fifth of the
+  peak at n = 0, linear up to n = 10,000), since a high rate overfits a small sample. The batch
   is 256 (capped by ``n``), the conjugate budget 10 L-BFGS steps to ``|grad| < 1e-3`` (5 steps
   was 1.2-1.6x worse per step at D = 16 and 64).
 
@@ -67,9 +84,7 @@ def default_options(dim: int, n: int | None = None) -> dict:
   (both pairs) and 2-5x worse at D = 32 (both pairs), 2x worse inverse at D = 64; at equal
   wall-clock (120 s) it was 1.3-2.3x worse than the ICNN at D = 2 and 4. Dimensions 5-7 were not
   measured and keep the ICNN. With the conjugate's batch candidates (:class:`W2Trainer`) the MLP
-  no longer diverges at D = 64 as it did without them. Caveat: over a 15-minute budget (89,000
-  steps at D = 8) the MLP ended at 0.82 % forward, no better than at 2 minutes and worse than
-  the ICNN's 0.72 %; for long runs at D = 8-16, ``potential="icnn"`` may be the better choice.
+  no longer diverges at D = 64 as it did without them.
 
   Example:
     >>> default_options(8)["hidden"]
@@ -79,16 +94,20 @@ def default_options(dim: int, n: int | None = None) -> dict:
     raise ValueError(f"default_options: `dim` must be an int >= 1, got {dim!r}.")
   if n is not None and not (isinstance(n, (int, np.integer)) and n >= 1):
     raise ValueError(f"default_options: `n` must be None or an int >= 1, got {n!r}.")
+  if potential not in (None, "icnn", "mlp"):
+    raise ValueError(f"default_options: `potential` must be None, 'icnn' or 'mlp', got "
+                     f"{potential!r}.")
   dim = int(dim)
   m = max(dim, 32)
+  mlp = MLP_DIMS[0] <= dim <= MLP_DIMS[1] if potential is None else potential == "mlp"
+  peak = 2e-2 if mlp else 5e-2
   # Small data sets: a high rate fits the sample's own structure (400 points of an affine pair:
   # RMS error 0.041 at 5e-2 vs 0.030 at 1e-2 after 4000 steps); from 10,000 rows (or with
-  # samplers) the benchmark's 5e-2.
-  lr = 5e-2 if n is None or n >= 10000 else 1e-2 + 4e-2 * n / 10000
+  # samplers) the full peak.
+  lr = peak if n is None or n >= 10000 else peak * (0.2 + 0.8 * n / 10000)
   batch = 256 if n is None else max(1, min(256, int(n)))
-  mlp = MLP_DIMS[0] <= dim <= MLP_DIMS[1]
   return dict(potential="mlp" if mlp else "icnn", hidden=(2 * m, 2 * m, m),
-              predictor_hidden=(2 * m, 2 * m), learning_rate=lr,
+              predictor_hidden=(2 * m, 2 * m), learning_rate=lr, final_lr_fraction=0.005,
               finetune_iters=10, finetune_tol=1e-3, batch_size=batch)
 
 
@@ -347,7 +366,10 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   dim = d_src
   n_min = min(a.shape[0] for a in (src_arr, tgt_arr) if a is not None) if (
       src_arr is not None or tgt_arr is not None) else None
-  defaults = default_options(dim, n_min)
+  chosen = options.get("potential")
+  if chosen is None and "activation" in options:
+    chosen = "icnn"  # an activation is an ICNN option
+  defaults = default_options(dim, n_min, chosen if chosen in ("icnn", "mlp") else None)
   if batch_size is None:
     batch_size = defaults.pop("batch_size")
   else:
@@ -368,8 +390,6 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
                        f"only optimisation options can be given with it.")
     trainer = dataclasses.replace(init_map.trainer, **options)
   else:
-    if "activation" in options and "potential" not in options:
-      defaults["potential"] = "icnn"  # an activation is an ICNN option
     trainer = W2Trainer(**{**defaults, **options})
 
   if init_map is not None:
