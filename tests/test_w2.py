@@ -285,6 +285,16 @@ def test_a_checkpoint_of_other_data_is_refused(tmp_path):
   neural_ot.fit_w2(100 * x, x + 1, resume=False, **kw)  # starting over works
 
 
+
+def test_w2_trainer_refuses_a_bad_schedule():
+  """A hand-built trainer checks the schedule's fields (fit_w2 checks its options first)."""
+  for name, bad in (("final_lr_fraction", 1.5), ("final_lr_fraction", -0.1),
+                    ("final_lr_fraction", np.nan), ("weight_decay", -1.0),
+                    ("weight_decay", np.inf), ("warmup_steps", -1), ("warmup_steps", 2.5)):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+      neural_ot.W2Trainer(**{name: bad})
+  assert neural_ot.W2Trainer(final_lr_fraction=0.0, warmup_steps=0).final_lr_fraction == 0.0
+
 def test_default_options_reject_bad_input():
   from neural_ot.w2 import default_options
   assert default_options(64, 100)["batch_size"] == 100

@@ -369,7 +369,8 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   chosen = options.get("potential")
   if chosen is None and "activation" in options:
     chosen = "icnn"  # an activation is an ICNN option
-  defaults = default_options(dim, n_min, chosen if chosen in ("icnn", "mlp") else None)
+  defaults = default_options(
+      dim, n_min, chosen if isinstance(chosen, str) and chosen in ("icnn", "mlp") else None)
   if batch_size is None:
     batch_size = defaults.pop("batch_size")
   else:

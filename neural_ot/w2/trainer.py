@@ -128,6 +128,15 @@ class W2Trainer:
       if not 0 < float(getattr(self, name)) < float("inf"):
         raise ValueError(f"W2Trainer: `{name}` must be finite and > 0, got "
                          f"{getattr(self, name)!r}.")
+    if not 0.0 <= float(self.final_lr_fraction) <= 1.0:
+      raise ValueError(f"W2Trainer: `final_lr_fraction` (where the schedule ends, as a fraction "
+                       f"of the peak) must be in [0, 1], got {self.final_lr_fraction!r}.")
+    if not 0.0 <= float(self.weight_decay) < float("inf"):
+      raise ValueError(f"W2Trainer: `weight_decay` must be finite and >= 0, got "
+                       f"{self.weight_decay!r}.")
+    if not (is_int(self.warmup_steps) and self.warmup_steps >= 0):
+      raise ValueError(f"W2Trainer: `warmup_steps` must be an int >= 0, got "
+                       f"{self.warmup_steps!r}.")
     for name in ("b1", "b2"):
       if not 0.0 <= float(getattr(self, name)) < 1.0:
         raise ValueError(f"W2Trainer: `{name}` must be in [0, 1), got {getattr(self, name)!r}.")
