@@ -156,6 +156,7 @@ def _two_clouds(tmp_path, n=200):
   return str(tmp_path / "src.npy"), str(tmp_path / "tgt.csv")
 
 
+@pytest.mark.slow  # resume itself: test_w2 (resume equals an uninterrupted run)
 def test_fit_interrupted_says_where_the_checkpoint_is_then_resumes(tmp_path, capsys, monkeypatch):
   import neural_ot.w2
   real = neural_ot.w2.fit_w2

@@ -84,6 +84,7 @@ def test_solver_with_contexts_matches_one_solve_per_context():
   np.testing.assert_allclose(g, y, atol=1e-4)
 
 
+@pytest.mark.slow  # bases: test_meta_map_base_is_a_new_pairs_gaussian_map
 def test_label_base_is_each_conditions_gaussian_map():
   rng = np.random.default_rng(0)
   covs = {"a": np.array([[2.0, 0.5], [0.5, 1.0]]), "b": np.diag([0.3, 3.0]),
@@ -122,6 +123,7 @@ def test_vector_contexts_interpolate_a_closed_form_family_zero_shot():
   np.testing.assert_allclose(mp.transport(x, cs), rows, atol=1e-5)
 
 
+@pytest.mark.slow  # training: test_vector_contexts_interpolate_a_closed_form_family_zero_shot
 def test_sampler_data_and_training_improves_on_the_base():
   def sample(key, n):  # dose t ~ U(-1, 1); a non-Gaussian source (uniform), a scaled target
     kt, kx, ky = jax.random.split(key, 3)

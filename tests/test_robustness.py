@@ -232,7 +232,7 @@ def test_zero_weight_points_whose_kernel_overflows_give_finite_costs_and_gradien
     np.testing.assert_allclose(gx, 0.0, atol=1e-4)  # a pure translation: no gradient in x
 
 
-@pytest.mark.parametrize("online", [False, True])
+@pytest.mark.parametrize("online", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_epsilon_gradient_with_a_zero_weight_matches_finite_differences(online, x64):
   """The derivative of the cost in ``epsilon`` with a zero-weight point was NaN in both modes
   (``eps * log(0)`` in the folded potential, and the tangent of ``(u + v - C) / eps`` at a
@@ -378,6 +378,7 @@ def test_fit_w2_with_adam_finetuning_recovers_the_gaussian_map():
   assert float(uvp) < 2.0, uvp  # L2-UVP in percent; the identity start is at ~100+
 
 
+@pytest.mark.slow  # dtype paths: test_fuzz_entrypoints and the float32 fits cover the rest
 def test_fit_w2_in_float64(x64):
   from neural_ot.w2 import gaussian_map
   (m1, s1, m2, s2), src, tgt = _gaussian_pair(2, seed=3)

@@ -9,7 +9,7 @@ What ``fit_w2(source, target)`` does with no options:
   scalings keep optimal maps optimal (``(T(s_x x + m_x) - m_y) / s_y`` is the gradient of a
   convex function whenever ``T`` is), so the map is learned at unit scale and composed back:
   :class:`W2Map` maps in the user's units;
-* picks the potential (a non-convex MLP in 8 to 16 dimensions, a convex ICNN otherwise), the
+* picks the potential (a non-convex MLP in 4 to 32 dimensions, a convex ICNN otherwise), the
   network widths, learning rate and conjugate budget from the dimension
   (:func:`default_options`), starts ``grad f`` at the closed-form map between the
   moment-matched Gaussians, and trains with a cosine schedule that fits ``steps`` or the
@@ -42,7 +42,7 @@ _CKPT = "checkpoint.msgpack"
 _NETWORK_FIELDS = frozenset({"potential", "hidden", "activation", "strong_convexity",
                              "predictor_hidden", "context_dim", "context_hidden", "context_mode"})
 _N_HELD_OUT = 4096
-MLP_DIMS = (8, 16)  # the dimensions (inclusive) whose default potential is the non-convex MLP
+MLP_DIMS = (4, 32)  # the dimensions (inclusive) whose default potential is the non-convex MLP
 _N_MOMENTS = 16384
 
 
@@ -77,14 +77,27 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
   is 256 (capped by ``n``), the conjugate budget 10 L-BFGS steps to ``|grad| < 1e-3`` (5 steps
   was 1.2-1.6x worse per step at D = 16 and 64).
 
-  The potential is the non-convex ``"mlp"`` for ``8 <= dim <= 16`` and the convex ``"icnn"``
-  elsewhere (:data:`MLP_DIMS`). Measured on 2 CPU cores, forward / inverse L2-UVP
-  (``benchmarks/RESULTS.md``): at equal steps, on the Mix3toMix10 pairs and on
-  ``w2bench.random_pair(dim, seed=1)``, the MLP was 1.3-2.5x better both ways at D = 8 and 16
-  (both pairs) and 2-5x worse at D = 32 (both pairs), 2x worse inverse at D = 64; at equal
-  wall-clock (120 s) it was 1.3-2.3x worse than the ICNN at D = 2 and 4. Dimensions 5-7 were not
-  measured and keep the ICNN. With the conjugate's batch candidates (:class:`W2Trainer`) the MLP
-  no longer diverges at D = 64 as it did without them.
+  The potential is the non-convex ``"mlp"`` for ``4 <= dim <= 32`` and the convex ``"icnn"``
+  elsewhere (:data:`MLP_DIMS`). Measured on 2 CPU cores, forward / inverse L2-UVP % on the
+  Mix3toMix10 pairs (``bench``) and on ``w2bench.random_pair(dim, seed=1)`` (``rand1``), each
+  potential with its own rate and the decay above (``benchmarks/RESULTS.md``), MLP against ICNN:
+
+  * D = 2: bench 0.102 / 0.078 against 0.093 / 0.116 (120 s each), rand1 0.0063 / 0.049
+    against 0.0142 / 0.098 (13,000 steps);
+  * D = 4: bench 0.313 / 0.087 against 0.415 / 0.167 (120 s), rand1 0.028 / 0.109 against
+    0.080 / 0.188 (13,000 steps);
+  * D = 8 and 16: 1.3-2.5x better both ways on both pairs (equal steps);
+  * D = 32: bench 1.61 / 0.42 against 2.37 / 0.64, rand1 0.58 / 1.80 against 1.52 / 3.95
+    (5,000 steps);
+  * above 32 the MLP is not reliably better: D = 64 bench 3.73 / 1.10 against 6.25 / 1.10
+    (8,000 steps) but rand1 9.98 / 10.6 against 2.40 / 7.67 (5,000); D = 128 rand1 6.68 /
+    8.65 against 4.19 / 9.55 (3,000).
+
+  At D = 2 the evidence is mixed (a tie on bench at equal time, and on the README demo's 2-D
+  problem the MLP's step was 1.25x slower: 49 s against 40 s for 4000 steps, divergence to the
+  target 0.023 against 0.032, back 0.066 against 0.060), so D <= 3 keeps the ICNN and its
+  convexity guarantee. With the conjugate's batch
+  candidates (:class:`W2Trainer`) the MLP no longer diverges at D = 64 as it did without them.
 
   Example:
     >>> default_options(8)["hidden"]
@@ -300,7 +313,7 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
            **options) -> W2Map:
   """Learn the W2 optimal map ``T = grad f`` from ``source`` to ``target``.
 
-  ``f`` is a non-convex MLP potential in 8 to 16 dimensions (more accurate there per unit of
+  ``f`` is a non-convex MLP potential in 4 to 32 dimensions (more accurate there per unit of
   compute) and a convex ICNN otherwise (:func:`default_options`); ``potential=`` chooses.
 
   Args:
