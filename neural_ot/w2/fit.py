@@ -93,10 +93,10 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
     (8,000 steps) but rand1 9.98 / 10.6 against 2.40 / 7.67 (5,000); D = 128 rand1 6.68 /
     8.65 against 4.19 / 9.55 (3,000).
 
-  At D = 2 the evidence is mixed (a tie on bench at equal time, and on the README demo's 2-D
-  problem the MLP's step was 1.25x slower: 49 s against 40 s for 4000 steps, divergence to the
-  target 0.023 against 0.032, back 0.066 against 0.060), so D <= 3 keeps the ICNN and its
-  convexity guarantee. With the conjugate's batch
+  At D = 2 the evidence is mixed: a tie on bench at equal time, 2x better on rand1 at equal
+  steps, but on the README demo's 2-D problem the MLP's step was 1.25x slower (49 s against
+  40 s for 4000 steps; divergence to the target 0.023 against 0.032, back 0.066 against
+  0.060). So D <= 3 keeps the ICNN and its convexity guarantee. With the conjugate's batch
   candidates (:class:`W2Trainer`) the MLP no longer diverges at D = 64 as it did without them.
 
   Example:
