@@ -87,10 +87,12 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
   * D = 4: bench 0.313 / 0.087 against 0.415 / 0.167 (120 s), rand1 0.028 / 0.109 against
     0.080 / 0.188 (13,000 steps);
   * D = 8 and 16: 1.3-2.5x better both ways on both pairs (equal steps);
+  * D = 24: ``random_pair(24, seed=2)`` 0.186 / 1.24 against 0.848 / 3.19 (5,000 steps);
   * D = 32: bench 1.61 / 0.42 against 2.37 / 0.64, rand1 0.58 / 1.80 against 1.52 / 3.95
     (5,000 steps);
   * above 32 the MLP is not reliably better: D = 64 bench 3.73 / 1.10 against 6.25 / 1.10
-    (8,000 steps) but rand1 9.98 / 10.6 against 2.40 / 7.67 (5,000); D = 128 rand1 6.68 /
+    (8,000 steps) but rand1 9.98 / 10.6 against 2.40 / 7.67 (5,000); D = 48
+    ``random_pair(48, seed=2)`` 6.71 / 9.56 against 1.17 / 5.11 (4,000); D = 128 rand1 6.68 /
     8.65 against 4.19 / 9.55 (3,000).
 
   At D = 2 the evidence is mixed: a tie on bench at equal time, 2x better on rand1 at equal
