@@ -86,6 +86,7 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
     against 0.0142 / 0.098 (13,000 steps);
   * D = 4: bench 0.313 / 0.087 against 0.415 / 0.167 (120 s), rand1 0.028 / 0.109 against
     0.080 / 0.188 (13,000 steps);
+  * D = 6: rand1 0.054 / 0.247 against 0.098 / 0.324 (10,000 steps);
   * D = 8 and 16: 1.3-2.5x better both ways on both pairs (equal steps);
   * D = 24: ``random_pair(24, seed=2)`` 0.186 / 1.24 against 0.848 / 3.19 (5,000 steps);
   * D = 32: bench 1.61 / 0.42 against 2.37 / 0.64, rand1 0.58 / 1.80 against 1.52 / 3.95
