@@ -285,7 +285,6 @@ def test_a_checkpoint_of_other_data_is_refused(tmp_path):
   neural_ot.fit_w2(100 * x, x + 1, resume=False, **kw)  # starting over works
 
 
-
 def test_w2_trainer_refuses_a_bad_schedule():
   """A hand-built trainer checks the schedule's fields (fit_w2 checks its options first)."""
   for name, bad in (("final_lr_fraction", 1.5), ("final_lr_fraction", -0.1),
@@ -294,6 +293,7 @@ def test_w2_trainer_refuses_a_bad_schedule():
     with pytest.raises(ValueError, match=f"`{name}`"):
       neural_ot.W2Trainer(**{name: bad})
   assert neural_ot.W2Trainer(final_lr_fraction=0.0, warmup_steps=0).final_lr_fraction == 0.0
+
 
 def test_default_options_reject_bad_input():
   from neural_ot.w2 import default_options
@@ -310,8 +310,9 @@ def test_default_options_reject_bad_input():
       "learning_rate"] < default_options(8, potential="icnn")["learning_rate"]
           == default_options(64)["learning_rate"])
   assert default_options(8)["final_lr_fraction"] < neural_ot.W2Trainer().final_lr_fraction
-  with pytest.raises(ValueError, match="`potential` must be None, 'icnn' or 'mlp'"):
-    default_options(8, potential="convex")
+  for bad in ("convex", np.array(["mlp", "icnn"]), 1):
+    with pytest.raises(ValueError, match="`potential` must be None, 'icnn' or 'mlp'"):
+      default_options(8, potential=bad)
   with pytest.raises(ValueError, match="`dim` must be an int >= 1"):
     default_options(0)
   with pytest.raises(ValueError, match="`n` must be None or an int >= 1"):

@@ -49,58 +49,36 @@ _N_MOMENTS = 16384
 def default_options(dim: int, n: int | None = None, potential: str | None = None) -> dict:
   """The settings ``fit_w2`` uses for data of dimension ``dim`` (and ``n`` training rows).
 
-  ``potential`` (``"icnn"`` or ``"mlp"``) fixes the potential, whose choice sets the learning
-  rate; by default it is picked from ``dim`` (below).
+  A function of the data's shape only, never of a benchmark file (the data are standardised
+  first, so scale does not enter). Every choice below was measured on 2 CPU cores, forward /
+  inverse L2-UVP on the Mix3toMix10 pairs and on ``w2bench.random_pair`` (known-map pairs that
+  are not in the benchmark files); the tables are in ``benchmarks/RESULTS.md``.
 
-  A function of the data's shape only (never of a benchmark file; the data are standardised
-  first, so scale does not enter). Widths follow the published setting ``[2m, 2m, m]``,
-  ``m = max(dim, 32)`` (Amos 2023, Korotin 2021).
+  * Potential: the non-convex ``"mlp"`` for ``4 <= dim <= 32`` (:data:`MLP_DIMS`), the convex
+    ``"icnn"`` otherwise. Each with its own rate, the MLP was 1.3-4.6x better forward and
+    1.3-2.6x better inverse at D = 4, 6, 8, 16, 24 and 32 on every pair tried; at D = 48, 64
+    and 128 the ICNN was up to 5.7x better forward on the random pairs (the MLP won on the
+    D = 64 benchmark pair only). At D = 2 the two tie, and the MLP's steps were 1.25x slower on
+    the README demo, so D <= 3 keeps the ICNN and its convexity guarantee.
+  * Widths ``[2m, 2m, m]``, ``m = max(dim, 32)`` (the published setting: Amos 2023, Korotin
+    2021).
+  * Learning rate: a cosine schedule from its peak to ``final_lr_fraction = 0.005`` of it
+    (``W2Trainer``'s own default is 0.05; the deeper decay was 1.1-2.3x better both ways at
+    equal steps at D = 2, 8, 16 and 32, even at D = 4). The peak is 5e-2 for the ICNN (within 1.3x of the best of 3e-2 to
+    1.5e-1 on every pair) and 2e-2 for the MLP (better than 3e-2 and 5e-2 at D = 8 and 16).
+    Data sets of fewer than 10,000 rows get less (from a fifth of the peak at n = 0, linear up
+    to n = 10,000), since a high rate overfits a small sample.
+  * Batch 256 (capped by ``n``); the conjugate: 10 L-BFGS steps to ``|grad| < 1e-3`` (5 steps
+    were 1.2-1.6x worse per step at D = 16 and 64).
 
-  The learning rate follows a cosine schedule from its peak to ``final_lr_fraction = 0.005`` of
-  it (``W2Trainer``'s own default is 0.05). Measured on 2 CPU cores at equal steps, forward /
-  inverse L2-UVP on the Mix3toMix10 pairs (``benchmarks/RESULTS.md``): decaying to 0.005
-  instead of 0.05 gave D = 2 0.116 / 0.117 % vs 0.136 / 0.189 % (18,000 steps), D = 4 0.419 /
-  0.136 vs 0.417 / 0.151 (13,000), D = 32 2.05 / 0.63 vs 2.23 / 0.91 (8,000), and with the MLP
-  at D = 8 0.558 / 0.213 vs 0.730 / 0.366 (40,000 steps; 0 instead of 0.005: 0.574 / 0.212):
-  the end of the run averages out the batch noise instead of following it.
+  Args:
+    dim: dimension of the data, an int >= 1.
+    n: training rows of the smaller data set (``None`` for samplers).
+    potential: ``"icnn"`` or ``"mlp"`` fixes the potential, and with it the rate; ``None``
+      picks it from ``dim``.
 
-  The peak rate is 5e-2 for the ICNN and 2e-2 for the MLP, for samplers and data sets of
-  10,000 rows or more. For the ICNN, rates of 3e-2 to 1.5e-1 gave 2-5x lower forward L2-UVP
-  than the 1e-2 to 3e-3 used before (D = 8, 16, 64 and a random known-map pair at D = 16), and
-  5e-2 was within 1.3x of the best rate on every pair. For the MLP (both with the decay to
-  0.005), 2e-2 against 5e-2: D = 8 0.660 / 0.223 vs 0.735 / 0.249 % (13,000 steps) and 0.512 /
-  0.172 vs 0.558 / 0.213 (40,000); D = 16 0.515 / 0.254 against 0.677 / 0.454 with the old
-  decay (10,000); 3e-2 was in between. With a 15-minute budget (``max_seconds=900``, 110,000
-  steps) at D = 8 these defaults reached 0.401 / 0.156 %, against 0.822 / 0.435 % with 5e-2 and
-  the decay to 0.05. Smaller data sets get a lower rate (from a fifth of the
-  peak at n = 0, linear up to n = 10,000), since a high rate overfits a small sample. The batch
-  is 256 (capped by ``n``), the conjugate budget 10 L-BFGS steps to ``|grad| < 1e-3`` (5 steps
-  was 1.2-1.6x worse per step at D = 16 and 64).
-
-  The potential is the non-convex ``"mlp"`` for ``4 <= dim <= 32`` and the convex ``"icnn"``
-  elsewhere (:data:`MLP_DIMS`). Measured on 2 CPU cores, forward / inverse L2-UVP % on the
-  Mix3toMix10 pairs (``bench``) and on ``w2bench.random_pair(dim, seed=1)`` (``rand1``), each
-  potential with its own rate and the decay above (``benchmarks/RESULTS.md``), MLP against ICNN:
-
-  * D = 2: bench 0.102 / 0.078 against 0.093 / 0.116 (120 s each), rand1 0.0063 / 0.049
-    against 0.0142 / 0.098 (13,000 steps);
-  * D = 4: bench 0.313 / 0.087 against 0.415 / 0.167 (120 s), rand1 0.028 / 0.109 against
-    0.080 / 0.188 (13,000 steps);
-  * D = 6: rand1 0.054 / 0.247 against 0.098 / 0.324 (10,000 steps);
-  * D = 8 and 16: 1.3-2.5x better both ways on both pairs (equal steps);
-  * D = 24: ``random_pair(24, seed=2)`` 0.186 / 1.24 against 0.848 / 3.19 (5,000 steps);
-  * D = 32: bench 1.61 / 0.42 against 2.37 / 0.64, rand1 0.58 / 1.80 against 1.52 / 3.95
-    (5,000 steps);
-  * above 32 the MLP is not reliably better: D = 64 bench 3.73 / 1.10 against 6.25 / 1.10
-    (8,000 steps) but rand1 9.98 / 10.6 against 2.40 / 7.67 (5,000); D = 48
-    ``random_pair(48, seed=2)`` 6.71 / 9.56 against 1.17 / 5.11 (4,000); D = 128 rand1 6.68 /
-    8.65 against 4.19 / 9.55 (3,000).
-
-  At D = 2 the evidence is mixed: a tie on bench at equal time, 2x better on rand1 at equal
-  steps, but on the README demo's 2-D problem the MLP's step was 1.25x slower (49 s against
-  40 s for 4000 steps; divergence to the target 0.023 against 0.032, back 0.066 against
-  0.060). So D <= 3 keeps the ICNN and its convexity guarantee. With the conjugate's batch
-  candidates (:class:`W2Trainer`) the MLP no longer diverges at D = 64 as it did without them.
+  Returns:
+    A dict of ``W2Trainer`` fields plus ``batch_size``.
 
   Example:
     >>> default_options(8)["hidden"]
@@ -110,7 +88,7 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
     raise ValueError(f"default_options: `dim` must be an int >= 1, got {dim!r}.")
   if n is not None and not (isinstance(n, (int, np.integer)) and n >= 1):
     raise ValueError(f"default_options: `n` must be None or an int >= 1, got {n!r}.")
-  if potential not in (None, "icnn", "mlp"):
+  if not (potential is None or (isinstance(potential, str) and potential in ("icnn", "mlp"))):
     raise ValueError(f"default_options: `potential` must be None, 'icnn' or 'mlp', got "
                      f"{potential!r}.")
   dim = int(dim)
