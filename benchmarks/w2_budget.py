@@ -6,7 +6,7 @@ inverse, 4096 fresh pairs) every ``--minutes / --evals`` of training, and prints
 Issue 12's targets: forward L2-UVP <= 0.5 % at D = 8 and <= 3 % at D = 64 within 15 minutes.
 
 Run: ``python benchmarks/w2_budget.py --dims 8 64 --minutes 15``; writes
-``benchmarks/results/w2_budget_D{D}.json``.
+``benchmarks/results/w2_budget_D{D}_{M}min.json``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main():
     curve = ", ".join(f"{c['seconds']:.0f}: {c['uvp_fwd']:.3g}" for c in res["curve"])
     print(f"| {dim} | {res['steps']} | {res['train_s']:.0f} | {fin['uvp_fwd']:.3g} | "
           f"{fin['uvp_inv']:.3g} | {fin['cos_fwd']:.3f} | {curve} |", flush=True)
-    with open(os.path.join(HERE, "results", f"w2_budget_D{dim}.json"), "w") as fh:
+    with open(os.path.join(HERE, "results", f"w2_budget_D{dim}_{args.minutes:g}min.json"), "w") as fh:
       json.dump({"dim": dim, "pair": args.pair, "seconds": seconds, **res}, fh, indent=1,
                 default=float)
 

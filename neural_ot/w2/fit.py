@@ -9,7 +9,7 @@ What ``fit_w2(source, target)`` does with no options:
   scalings keep optimal maps optimal (``(T(s_x x + m_x) - m_y) / s_y`` is the gradient of a
   convex function whenever ``T`` is), so the map is learned at unit scale and composed back:
   :class:`W2Map` maps in the user's units;
-* picks the potential (a non-convex MLP in 4 to 32 dimensions, a convex ICNN otherwise), the
+* picks the potential (a non-convex MLP in 4 to 64 dimensions, a convex ICNN otherwise), the
   network widths, learning rate and conjugate budget from the dimension
   (:func:`default_options`), starts ``grad f`` at the closed-form map between the
   moment-matched Gaussians, and trains with a cosine schedule that fits ``steps`` or the
@@ -42,7 +42,7 @@ _CKPT = "checkpoint.msgpack"
 _NETWORK_FIELDS = frozenset({"potential", "hidden", "activation", "strong_convexity",
                              "predictor_hidden", "context_dim", "context_hidden", "context_mode"})
 _N_HELD_OUT = 4096
-MLP_DIMS = (4, 32)  # the dimensions (inclusive) whose default potential is the non-convex MLP
+MLP_DIMS = (4, 64)  # the dimensions (inclusive) whose default potential is the non-convex MLP
 _N_MOMENTS = 16384
 
 
@@ -54,18 +54,21 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
   inverse L2-UVP on the Mix3toMix10 pairs and on ``w2bench.random_pair`` (known-map pairs that
   are not in the benchmark files); the tables are in ``benchmarks/RESULTS.md``.
 
-  * Potential: the non-convex ``"mlp"`` for ``4 <= dim <= 32`` (:data:`MLP_DIMS`), the convex
+  * Potential: the non-convex ``"mlp"`` for ``4 <= dim <= 64`` (:data:`MLP_DIMS`), the convex
     ``"icnn"`` otherwise. Each with its own rate, the MLP was 1.3-4.6x better forward and
-    1.3-2.6x better inverse at D = 4, 6, 8, 16, 24 and 32 on every pair tried; at D = 48, 64
-    and 128 the ICNN was up to 5.7x better forward on the random pairs (the MLP won on the
-    D = 64 benchmark pair only). At D = 2 the two tie, and the MLP's steps were 1.25x slower on
-    the README demo, so D <= 3 keeps the ICNN and its convexity guarantee.
+    1.3-2.6x better inverse at D = 4 to 32 on every pair tried. At D = 48 and 64 (rate 1e-2) it
+    was 0.9-2.2x forward and 1.3-2.2x inverse against the ICNN, on three pairs; at D = 128 the
+    two are mixed (MLP forward 1.1x worse, inverse 1.4x better), so the ICNN keeps D > 64. At
+    D = 2 the two tie, and the MLP's steps were 1.25x slower on the README demo, so D <= 3
+    keeps the ICNN and its convexity guarantee.
   * Widths ``[2m, 2m, m]``, ``m = max(dim, 32)`` (the published setting: Amos 2023, Korotin
     2021).
   * Learning rate: a cosine schedule from its peak to ``final_lr_fraction = 0.005`` of it
     (``W2Trainer``'s own default is 0.05; the deeper decay was 1.1-2.3x better both ways at
     equal steps at D = 2, 8, 16 and 32, even at D = 4). The peak is 5e-2 for the ICNN (within 1.3x of the best of 3e-2 to
-    1.5e-1 on every pair) and 2e-2 for the MLP (better than 3e-2 and 5e-2 at D = 8 and 16).
+    1.5e-1 on every pair) and 2e-2 for the MLP up to D = 32 (better than 3e-2 and 5e-2 at
+    D = 8 and 16), ``min(1e-2, 0.64 / m)`` above (at 1.33e-2, two D = 48 runs of four stalled
+    at the Gaussian start; at 2e-2 D = 64 ended 1.3-7.6x worse forward than at 1e-2).
     Data sets of fewer than 10,000 rows get less (from a fifth of the peak at n = 0, linear up
     to n = 10,000), since a high rate overfits a small sample.
   * Batch 256 (capped by ``n``); the conjugate: 10 L-BFGS steps to ``|grad| < 1e-3`` (5 steps
@@ -94,7 +97,9 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
   dim = int(dim)
   m = max(dim, 32)
   mlp = MLP_DIMS[0] <= dim <= MLP_DIMS[1] if potential is None else potential == "mlp"
-  peak = 2e-2 if mlp else 5e-2
+  # The MLP's peak falls with its width above 32 dimensions: at 1.33e-2 and 2e-2, D = 48 runs
+  # stalled near the Gaussian start (most units of the last hidden layer saturated at 0).
+  peak = (2e-2 if m == 32 else min(1e-2, 0.64 / m)) if mlp else 5e-2
   # Small data sets: a high rate fits the sample's own structure (400 points of an affine pair:
   # RMS error 0.041 at 5e-2 vs 0.030 at 1e-2 after 4000 steps); from 10,000 rows (or with
   # samplers) the full peak.
@@ -294,7 +299,7 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
            **options) -> W2Map:
   """Learn the W2 optimal map ``T = grad f`` from ``source`` to ``target``.
 
-  ``f`` is a non-convex MLP potential in 4 to 32 dimensions (more accurate there per unit of
+  ``f`` is a non-convex MLP potential in 4 to 64 dimensions (more accurate there per unit of
   compute) and a convex ICNN otherwise (:func:`default_options`); ``potential=`` chooses.
 
   Args:
