@@ -56,11 +56,11 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
 
   * Potential: the non-convex ``"mlp"`` for ``4 <= dim <= 64`` (:data:`MLP_DIMS`), the convex
     ``"icnn"`` otherwise. Each with its own rate, the MLP was 1.3-4.6x better forward and
-    1.3-2.6x better inverse at D = 4 to 32 on every pair tried. At D = 48 and 64 (rate 1e-2) it
-    was 0.9-2.2x forward and 1.3-2.2x inverse against the ICNN, on three pairs; at D = 128 the
-    two are mixed (MLP forward 1.1x worse, inverse 1.4x better), so the ICNN keeps D > 64. At
-    D = 2 the two tie, and the MLP's steps were 1.25x slower on the README demo, so D <= 3
-    keeps the ICNN and its convexity guarantee.
+    1.3-2.6x better inverse at D = 4 to 32 on every pair tried. At D = 40 to 64 (rate 1e-2), on
+    seven pairs, it was better inverse on all (1.1-2.2x) and forward on four (up to 2.2x; the
+    other three 1.08-1.37x worse); at D = 128 the two are mixed (MLP forward 1.1x worse,
+    inverse 1.4x better), so the ICNN keeps D > 64. At D = 2 the two tie, and the MLP's steps
+    were 1.25x slower on the README demo, so D <= 3 keeps the ICNN and its convexity guarantee.
   * Widths ``[2m, 2m, m]``, ``m = max(dim, 32)`` (the published setting: Amos 2023, Korotin
     2021).
   * Learning rate: a cosine schedule from its peak to ``final_lr_fraction = 0.005`` of it
