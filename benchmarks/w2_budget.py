@@ -47,7 +47,8 @@ def main():
     curve = ", ".join(f"{c['seconds']:.0f}: {c['uvp_fwd']:.3g}" for c in res["curve"])
     print(f"| {dim} | {res['steps']} | {res['train_s']:.0f} | {fin['uvp_fwd']:.3g} | "
           f"{fin['uvp_inv']:.3g} | {fin['cos_fwd']:.3f} | {curve} |", flush=True)
-    with open(os.path.join(HERE, "results", f"w2_budget_D{dim}_{args.minutes:g}min.json"), "w") as fh:
+    out = os.path.join(HERE, "results", f"w2_budget_D{dim}_{args.minutes:g}min.json")
+    with open(out, "w") as fh:
       json.dump({"dim": dim, "pair": args.pair, "seconds": seconds, **res}, fh, indent=1,
                 default=float)
 

@@ -65,10 +65,11 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
     2021).
   * Learning rate: a cosine schedule from its peak to ``final_lr_fraction = 0.005`` of it
     (``W2Trainer``'s own default is 0.05; the deeper decay was 1.1-2.3x better both ways at
-    equal steps at D = 2, 8, 16 and 32, even at D = 4). The peak is 5e-2 for the ICNN (within 1.3x of the best of 3e-2 to
-    1.5e-1 on every pair) and 2e-2 for the MLP up to D = 32 (better than 3e-2 and 5e-2 at
-    D = 8 and 16), ``min(1e-2, 0.64 / m)`` above (at 1.33e-2, two D = 48 runs of four stalled
-    at the Gaussian start; at 2e-2 D = 64 ended 1.3-7.6x worse forward than at 1e-2).
+    equal steps at D = 2, 8, 16 and 32; at D = 4 even forward, better inverse). The peak is
+    5e-2 for the ICNN (within 1.3x of the best of 3e-2 to 1.5e-1 on every pair) and, for the
+    MLP, 2e-2 up to D = 32 (better than 3e-2 and 5e-2 at D = 8 and 16) and
+    ``min(1e-2, 0.64 / m)`` above (at 1.33e-2, two D = 48 runs of four stalled at the Gaussian
+    start; at 2e-2, D = 64 ended 1.3-7.6x worse forward than at 1e-2).
     Data sets of fewer than 10,000 rows get less (from a fifth of the peak at n = 0, linear up
     to n = 10,000), since a high rate overfits a small sample.
   * Batch 256 (capped by ``n``); the conjugate: 10 L-BFGS steps to ``|grad| < 1e-3`` (5 steps
@@ -99,7 +100,7 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
   mlp = MLP_DIMS[0] <= dim <= MLP_DIMS[1] if potential is None else potential == "mlp"
   # The MLP's peak falls with its width above 32 dimensions: at 1.33e-2 and 2e-2, D = 48 runs
   # stalled near the Gaussian start (most units of the last hidden layer saturated at 0).
-  peak = (2e-2 if m == 32 else min(1e-2, 0.64 / m)) if mlp else 5e-2
+  peak = (2e-2 if dim <= 32 else min(1e-2, 0.64 / m)) if mlp else 5e-2
   # Small data sets: a high rate fits the sample's own structure (400 points of an affine pair:
   # RMS error 0.041 at 5e-2 vs 0.030 at 1e-2 after 4000 steps); from 10,000 rows (or with
   # samplers) the full peak.
