@@ -7,13 +7,14 @@ file of another kind with a message that says what it is.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
 
 from flax import serialization
 
-__all__ = ["save_atomic", "load", "CHECKPOINT_FORMAT"]
+__all__ = ["save_atomic", "write_bytes_atomic", "write_json_atomic", "load", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "neural_ot.Checkpoint/1"
 
@@ -36,10 +37,19 @@ def save_atomic(path: str, tree: Any) -> None:
   The bytes go to a temporary file in the same directory, are flushed to disk and then
   renamed over ``path``: a crash leaves either the old or the new file, never a truncated one.
   """
+  write_bytes_atomic(path, serialization.msgpack_serialize(serialization.to_state_dict(tree)))
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Write ``obj`` as JSON to ``path`` atomically (as :func:`save_atomic`)."""
+  write_bytes_atomic(path, json.dumps(obj, sort_keys=True).encode())
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+  """Write ``data`` to ``path`` through a flushed temporary file renamed over it."""
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  data = serialization.msgpack_serialize(serialization.to_state_dict(tree))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".msgpack")
   try:
     with os.fdopen(fd, "wb") as fh:

@@ -130,7 +130,8 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
         log_every: int = 100, max_param_norm: float = 1e6, eval_fn: Callable | None = None,
         eval_every: int = 0, eval_seconds: float = 0.0, callback: Callable | None = None, progress: bool = True,
         name: str = "neural-ot", show: tuple = ("loss",), advice: str = "",
-        placement: Callable | None = None) -> tuple[TrainState, list]:
+        placement: Callable | None = None, plan_seconds: float | None = None,
+        history: list | None = None) -> tuple[TrainState, list]:
   """Train until ``steps`` steps or ``max_seconds`` of wall-clock, whichever comes first.
 
   Args:
@@ -149,6 +150,10 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
       ``eval_seconds`` of training (checked at fetches), and at the end (host side; its time is
       excluded from the ``seconds`` kept in the history).
     placement: ``placement(tree) -> tree`` puts state and data on devices (data parallel).
+    plan_seconds: with ``max_seconds``, plan the schedule's horizon for this many seconds
+      (counted like ``max_seconds``) while stopping at ``max_seconds``: a short first part of
+      a longer run (the model race of ``fit_w2``), continued later by another call.
+    history: metrics already logged by an earlier part of the same run (kept in front).
 
   Returns:
     The final state and the history (a list of dicts with ``step`` and ``seconds``: training
@@ -171,8 +176,10 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
   for what, fn in (("callback", callback), ("eval_fn", eval_fn)):
     if fn is not None and not callable(fn):
       raise TypeError(f"{name}: `{what}` must be callable or None, got {type(fn).__name__}.")
+  if plan_seconds is not None and not (_is_real(plan_seconds) and plan_seconds > 0):
+    raise ValueError(f"{name}: `plan_seconds` must be a number > 0, got {plan_seconds!r}.")
   t_start = time.perf_counter()
-  history: list[dict] = []
+  history = list(history or [])
   prog = _Progress(name, progress)
   if checkpoint_path and resume and os.path.isfile(checkpoint_path):
     state, history = _restore(checkpoint_path, state, fingerprint, name)
@@ -217,10 +224,12 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
       seconds = now - t_first - eval_s
       rate = (done - start) / seconds if seconds > 0 else float("nan")
       if max_seconds is not None and done > start:
-        left = max_seconds - (now - t_start)
-        planned = done + max(int(rate * left), 0)
+        elapsed = now - t_start
+        planned = done + max(int(rate * (max_seconds - elapsed)), 0)
         limit = min(steps, planned) if steps is not None else planned
-        state = state._replace(horizon=jnp.asarray(float(max(limit, 1)), jnp.float32))
+        horizon = limit if plan_seconds is None else done + max(
+            int(rate * (plan_seconds - elapsed)), 0)
+        state = state._replace(horizon=jnp.asarray(float(max(horizon, 1)), jnp.float32))
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
       eta = (limit - done) / rate if rate > 0 else float("nan")
       if done % log_every == 0 or done >= limit:
@@ -248,7 +257,7 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
     raise
   prog.close()
   state = state._replace(horizon=jnp.asarray(float(max(done, 1)), jnp.float32)) if (
-      max_seconds is not None) else state
+      max_seconds is not None and plan_seconds is None) else state
   save(state)
   return state, history
 

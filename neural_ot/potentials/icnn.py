@@ -129,12 +129,17 @@ class MLPPotential(nn.Module):
 
   hidden: Sequence[int] = (64, 64)
   strong_convexity: float = 0.0
+  leak: float = 0.0
 
   @nn.compact
   def __call__(self, x):
     z = x
     for width in self.hidden:
-      z = jax.nn.softplus(nn.Dense(width)(z))
+      u = nn.Dense(width)(z)
+      # leak > 0: s(u) = leak * u + (1 - leak) softplus(u), whose slope never falls below
+      # `leak`, so a unit pushed far negative still passes gradient back and can recover.
+      z = jax.nn.softplus(u) if self.leak == 0 else self.leak * u + (1 - self.leak) * (
+          jax.nn.softplus(u))
     out = nn.Dense(1, kernel_init=nn.initializers.normal(0.01))(z)[..., 0]
     out = out + nn.Dense(1, kernel_init=nn.initializers.normal(0.01), name="linear")(x)[..., 0]
     d = x.shape[-1]

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from neural_ot import _validation, io
+from neural_ot.w2.diagnostics import FitDiagnostics
 from neural_ot.w2.trainer import W2Trainer, as_config
 
 __all__ = ["W2Map", "Frame", "load_map"]
@@ -89,6 +90,10 @@ class W2Map:
     history: list of logged metric dicts.
     frame: the standardisation the networks were trained in (:class:`Frame`); the map's
       methods take and return the user's units.
+    diagnostics: what ``fit_w2`` measured on held-out samples at the end (a
+      :class:`neural_ot.w2.diagnostics.FitDiagnostics`: held-out dual of the Gaussian start and
+      of the map, inactive units, conjugate residuals, a stall flag, the automatic model
+      choice), or ``None``.
   """
 
   trainer: W2Trainer
@@ -97,6 +102,7 @@ class W2Map:
   w2: float = float("nan")
   history: tuple = ()
   frame: Frame | None = None
+  diagnostics: Any = None
 
   def __post_init__(self):
     if self.frame is None:
@@ -153,7 +159,8 @@ class W2Map:
   def save(self, path: str) -> None:
     """Write the map to one file (atomic); read it back with :func:`load_map`."""
     meta = {"format": _FORMAT, "trainer": as_config(self.trainer), "dim": self.dim,
-            "w2": self.w2, "history": list(self.history)}
+            "w2": self.w2, "history": list(self.history),
+            "diagnostics": None if self.diagnostics is None else self.diagnostics.as_dict()}
     io.save_atomic(path, {"format": _FORMAT, "meta": json.dumps(meta),
                           "frame": {k: np.asarray(v) for k, v in self.frame._asdict().items()},
                           "params": jax.tree.map(np.asarray, self.params)})
@@ -217,8 +224,11 @@ def load_map(path: str):
     trainer = W2Trainer(**meta["trainer"])
     params = jax.tree.map(jnp.asarray, raw["params"])
     frame = Frame(**raw["frame"]) if "frame" in raw else None  # older files: identity
+    diag = meta.get("diagnostics")
+    if diag is not None:
+      diag = FitDiagnostics(**{**diag, "inactive_by_layer": tuple(diag["inactive_by_layer"])})
     mp = W2Map(trainer, params, int(meta["dim"]), float(meta["w2"]), tuple(meta["history"]),
-               frame)
+               frame, diag)
     _check_contents(mp)
   except Exception as exc:
     raise ValueError(f"load_map: {path!r} is a damaged neural_ot W2 map file ({exc}).") from exc

@@ -104,6 +104,7 @@ class W2Trainer:
   context_hidden: Sequence[int] = (64, 64)
   context_mode: str = "input"
   batch_candidates: bool = True
+  leak: float = 0.0
 
   def __post_init__(self):
     for name in ("hidden", "predictor_hidden", "context_hidden"):
@@ -165,7 +166,8 @@ class W2Trainer:
     if self.potential == "icnn":
       return ICNN(hidden=self.hidden, activation=self.activation,
                   strong_convexity=self.strong_convexity)
-    return MLPPotential(hidden=self.hidden, strong_convexity=self.strong_convexity)
+    return MLPPotential(hidden=self.hidden, strong_convexity=self.strong_convexity,
+                        leak=self.leak)
 
   @property
   def g_module(self) -> nn.Module:

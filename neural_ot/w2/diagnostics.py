@@ -1,0 +1,158 @@
+"""What a user can check about a learned W2 map without knowing the true map.
+
+* The **held-out dual** ``E f(x) + E f*(y)`` on samples the fit never trained on (lower is
+  better; every potential's value bounds the optimum from above). ``f*(y)`` is the larger of a
+  local solve from the predictor's argmax and the best held-out source point
+  (``max_i <x_i, y> - f(x_i)``, a discrete c-transform), so a non-convex potential cannot look
+  better than it is where the local solve misses the global argmax.
+* **Inactive units**: hidden units whose activation has no curvature (``|s''(z)| < 1e-3``
+  relative to its peak) on at least 99 % of the held-out source samples. Such a unit adds an
+  affine function of ``x`` to its layer: when most units are inactive, ``grad f`` is (nearly)
+  the affine Gaussian start, whatever the training metrics say.
+* **Conjugate residuals**: ``|grad f(x*) - y|`` at the local solve's argmax (standardised
+  units), the median and 99th percentile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neural_ot.potentials.icnn import ACTIVATIONS
+
+__all__ = ["FitDiagnostics", "heldout_dual_terms", "inactive_units", "diagnose"]
+
+# A fit "stalled" when its held-out dual is no better than the Gaussian start's by more than
+# this many standard errors of the paired difference (and by this fraction of the start's
+# value, whichever is larger) ...
+_STALL_SE = 3.0
+_STALL_REL = 1e-4
+# ... or when at least this share of its hidden units is inactive.
+INACTIVE_FLAG = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class FitDiagnostics:
+  """What :func:`neural_ot.fit_w2` measured on held-out samples at the end of a fit.
+
+  Attributes:
+    dual_start, dual_end: held-out dual ``E f(x) + E f*(y)`` (standardised units; lower is
+      better) of the Gaussian start and of the returned map.
+    dual_gain: ``dual_start - dual_end``; ``dual_gain_se`` its standard error (paired samples).
+    inactive_share: share of hidden units without curvature on the held-out samples;
+      ``inactive_by_layer`` per hidden layer.
+    conj_residual_median, conj_residual_p99: ``|grad f(x*) - y|`` after the inverse solve.
+    stalled: the fit ended no better than its start (see :attr:`message`).
+    message: what was seen, in words ("" when nothing was flagged).
+    choice: the automatic model choice (``potential="auto"``): candidate names and their
+      held-out duals at the end of their race, and the one kept; ``None`` otherwise.
+  """
+
+  dual_start: float
+  dual_end: float
+  dual_gain: float
+  dual_gain_se: float
+  inactive_share: float
+  inactive_by_layer: tuple
+  conj_residual_median: float
+  conj_residual_p99: float
+  stalled: bool
+  message: str = ""
+  choice: dict | None = None
+
+  def as_dict(self) -> dict:
+    out = dataclasses.asdict(self)
+    out["inactive_by_layer"] = list(self.inactive_by_layer)
+    return out
+
+
+def _hidden_preactivations(trainer, params_f, x):
+  """Pre-activations ``(n, width)`` of each hidden layer of the potential at ``x: (n, d)``."""
+  _, state = trainer.f_module.apply(params_f, x, capture_intermediates=True)
+  inter = state["intermediates"]
+  out = lambda name: inter[name]["__call__"][0]
+  layers = len(trainer.hidden)
+  if trainer.potential == "mlp":
+    return [out(f"Dense_{k}") for k in range(layers)]
+  return [out("Dense_0")] + [out(f"_PositiveDense_{k - 1}") + out(f"Dense_{k}")
+                             for k in range(1, layers)]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _inactive(trainer, params_f, x):
+  act = jax.nn.softplus if trainer.potential == "mlp" else ACTIVATIONS[trainer.activation]
+  curv = jax.vmap(jax.grad(jax.grad(lambda z: act(z).sum())))
+  peak = jnp.max(jnp.abs(curv(jnp.linspace(-3.0, 3.0, 601))))
+  shares = []
+  for z in _hidden_preactivations(trainer, params_f, x):
+    flat = jnp.abs(curv(z.reshape(-1)).reshape(z.shape)) < 1e-3 * peak
+    shares.append(jnp.mean(jnp.mean(flat, axis=0) >= 0.99))
+  return jnp.stack(shares)
+
+
+def inactive_units(trainer, params_f, x) -> tuple[float, tuple]:
+  """``(share, per layer)`` of hidden units of the potential without curvature on at least
+  99 % of the rows of ``x`` (standardised source samples ``(n, d)``). ReLU units (no
+  curvature anywhere) are not meaningful here."""
+  per = np.asarray(_inactive(trainer, params_f, jnp.asarray(x)), np.float64)
+  widths = np.asarray(trainer.hidden, np.float64)
+  return float(np.sum(per * widths) / np.sum(widths)), tuple(float(v) for v in per)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def heldout_dual_terms(trainer, params, x, y):
+  """Per-sample ``f(x_i)`` and ``f*(y_j)`` (local solve or best ``x_i``, the larger) and the
+  local solve's residuals ``|grad f(x*) - y_j|``, all in standardised units."""
+  f = trainer.potential_fn(params["f"])
+  solver = dataclasses.replace(trainer.solver, tol=1e-5, max_iters=100)
+  res = solver(f, y, trainer.predict(params["g"], y))
+  fx = jax.vmap(f)(x)
+  local = jnp.sum(res.x * y, -1) - jax.vmap(f)(res.x)
+  discrete = jax.lax.map(lambda yj: jnp.max(x @ yj - fx), y, batch_size=256)
+  return fx, jnp.maximum(local, discrete), res.grad_norm
+
+
+def diagnose(trainer, params, start_params, x, y, choice=None) -> FitDiagnostics:
+  """Diagnostics of ``params`` against its Gaussian start ``start_params`` on held-out
+  standardised samples ``x ~ P``, ``y ~ Q`` (the same rows for both, so the difference of the
+  duals is paired). ``start_params`` may be ``None`` (no Gaussian start): no stall test."""
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  fx, fcy, resid = (np.asarray(v, np.float64) for v in heldout_dual_terms(trainer, params, x, y))
+  end = float(fx.mean() + fcy.mean())
+  share, per = inactive_units(trainer, params["f"], x)
+  resid_med, resid_99 = (float(v) for v in np.percentile(resid, [50, 99]))
+  if start_params is None:
+    start, gain, se = float("nan"), float("nan"), float("nan")
+  else:
+    fx0, fcy0, _ = (np.asarray(v, np.float64) for v in heldout_dual_terms(
+        trainer, start_params, x, y))
+    start = float(fx0.mean() + fcy0.mean())
+    gain = start - end
+    se = float(np.sqrt(np.var(fx0 - fx) / len(fx) + np.var(fcy0 - fcy) / len(fcy)))
+  notes = []
+  no_gain = np.isfinite(gain) and gain <= max(_STALL_SE * se, _STALL_REL * abs(start))
+  if no_gain:
+    notes.append(f"the held-out dual ended no better than the Gaussian start's (gain {gain:.3g}, "
+                 f"standard error {se:.3g}): the map is (close to) the Gaussian map between "
+                 f"the measures' moments")
+  if share >= INACTIVE_FLAG:
+    notes.append(f"{100 * share:.0f} % of the potential's hidden units are inactive (no "
+                 f"curvature on 99 % of held-out samples; by layer "
+                 + ", ".join(f"{100 * v:.0f} %" for v in per) + ")")
+  return FitDiagnostics(start, end, gain, se, share, per, resid_med, resid_99,
+                        bool(notes), "; ".join(notes), choice)
+
+
+def warn_if_stalled(diag: FitDiagnostics, who: str = "fit_w2") -> None:
+  """A ``RuntimeWarning`` naming what was seen, when :attr:`FitDiagnostics.stalled`."""
+  if diag.stalled:
+    warnings.warn(
+        f"{who}: {diag.message}. If the measures are close to Gaussian-related this is the right "
+        f"answer; otherwise training stalled: try potential='icnn', a smaller `learning_rate` or "
+        f"a longer `warmup_steps` (map.diagnostics has the figures).", RuntimeWarning,
+        stacklevel=3)
