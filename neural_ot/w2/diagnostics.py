@@ -153,6 +153,6 @@ def warn_if_stalled(diag: FitDiagnostics, who: str = "fit_w2") -> None:
   if diag.stalled:
     warnings.warn(
         f"{who}: {diag.message}. If the measures are close to Gaussian-related this is the right "
-        f"answer; otherwise training stalled: try potential='icnn', a smaller `learning_rate` or "
-        f"a longer `warmup_steps` (map.diagnostics has the figures).", RuntimeWarning,
+        f"answer; otherwise training stalled: try potential='icnn', leak=0.02 (an MLP whose units "
+        f"cannot die), or a smaller `learning_rate` (map.diagnostics has the figures).", RuntimeWarning,
         stacklevel=3)

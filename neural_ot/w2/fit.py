@@ -304,8 +304,19 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
            **options) -> W2Map:
   """Learn the W2 optimal map ``T = grad f`` from ``source`` to ``target``.
 
-  ``f`` is a non-convex MLP potential in 4 to 64 dimensions (more accurate there per unit of
-  compute) and a convex ICNN otherwise (:func:`default_options`); ``potential=`` chooses.
+  Which potential fits the data best depends on the data, not only on the dimension (on the
+  known-map families of :mod:`neural_ot.w2bench.families` the convex ICNN was 3x better on one
+  and 25x worse on another at the same D). So by default (``potential="auto"``) a run of at
+  least 2000 steps or 60 seconds starts with a race: the non-convex MLP and the ICNN each
+  train for a tenth of the run from the same Gaussian start, and the one with the lower
+  held-out dual objective (no known map needed) goes on; a shorter run or a fine-tune takes
+  the dimension's rule of :func:`default_options`. ``potential="mlp"`` or ``"icnn"`` fixes it.
+
+  At the end the map carries :class:`~neural_ot.w2.diagnostics.FitDiagnostics`
+  (``map.diagnostics``): the held-out dual of the Gaussian start and of the map, the share of
+  inactive hidden units, conjugate residuals and the race's figures. A fit that ended no
+  better than its start, or with most units inactive, warns (``RuntimeWarning``) and says so
+  there.
 
   Args:
     source, target: arrays ``(n, d)`` (numpy or jax; ``(n,)`` means ``d = 1``) or samplers
@@ -320,7 +331,9 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
     checkpoint_dir: where ``checkpoint.msgpack`` is written (atomically) every
       ``checkpoint_every`` steps, at the end, on interruption and on divergence (last good
       state). With ``resume=True`` a checkpoint of the same settings and data is continued; one
-      of other settings or data is refused.
+      of other settings or data is refused. A race (``potential="auto"``) also writes
+      ``race-mlp.msgpack``, ``race-icnn.msgpack`` and its result, ``race.json``, so a resumed
+      run does not race again.
     eval_fn: ``eval_fn(map, step) -> dict`` called every ``eval_every`` steps and/or every
       ``eval_seconds`` of training, and at the end; the results are kept in ``map.history``.
     callback: ``callback(step, metrics)`` every ``log_every`` steps (metrics as floats).
@@ -338,11 +351,12 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
       the networks.
     **options: fields of :class:`W2Trainer` (potential, hidden, amortization, finetune,
       finetune_iters, learning_rate, b1, b2, init, ...); unset ones come from
-      :func:`default_options`.
+      :func:`default_options` (for each raced potential its own). ``potential`` is
+      ``"auto"`` (default), ``"mlp"`` or ``"icnn"``.
 
   Returns:
     A :class:`W2Map` with ``transport``, ``inverse``, ``w2`` (dual estimate on held-out
-    samples, in the user's units), ``save``. A ``RuntimeWarning`` says when the forward map
+    samples, in the user's units), ``diagnostics``, ``save``. A ``RuntimeWarning`` says when the forward map
     sends held-out source samples more than 10x as far from the target's mean as the target's
     own spread (:func:`map_spread`): a diverged map, which training metrics cannot see (a
     non-convex ``potential="mlp"`` did this at D = 64 before ``batch_candidates``).
@@ -458,9 +472,9 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
 
   t0 = time.perf_counter()
   history: list = []
-  choice = None
+  choice, race_states = None, {}
   if race:
-    trainer, state, history, choice = _race(
+    trainer, state, history, choice, race_states = _race(
         trainers, start, train_part, ckpt, fingerprint, x_held, y_held, steps, max_seconds,
         resume, progress)
     left = None if max_seconds is None else max(max_seconds - (time.perf_counter() - t0), 1e-3)
@@ -474,8 +488,21 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
     state, history = train_part(trainer, state, steps=steps, max_seconds=left,
                                 checkpoint_path=ckpt(_CKPT), history=history)
   mp = make_map(trainer, state, history)
-  _warn_if_map_diverged(mp, src_held, tgt_held)
   diag = diagnostics.diagnose(trainer, mp.params, start_params, x_held, y_held, choice)
+  if choice is not None:
+    # A late stall (measured: an MLP that ran 79,000 steps at its peak rate ended at its start)
+    # can leave the winner worse than a race candidate: return the lowest held-out dual seen.
+    others = {n: r for n, r in choice["candidates"].items() if n != trainer.potential
+              and n in race_states and r["dual"] < diag.dual_end}
+    if others:
+      name = min(others, key=lambda n: others[n]["dual"])
+      trainer, state = trainers[name], race_states[name][0]
+      mp = make_map(trainer, state, race_states[name][1])
+      choice = {**choice, "chosen": name, "fallback_from": choice["chosen"],
+                "fallback_dual": diag.dual_end}
+      diag = diagnostics.diagnose(trainer, mp.params, start(trainer).params, x_held, y_held,
+                                  choice)
+  _warn_if_map_diverged(mp, src_held, tgt_held)
   diagnostics.warn_if_stalled(diag)
   return dataclasses.replace(mp, w2=dual_w2(mp, src_held, tgt_held), diagnostics=diag)
 
@@ -538,7 +565,7 @@ def _race(trainers, start, train_part, ckpt, fingerprint, x_held, y_held, steps,
     figures = ", ".join(f"{n} {r['dual']:.6g}" for n, r in done["candidates"].items())
     sys.stderr.write(f"[fit_w2] potential='auto': held-out dual after the race: {figures}; "
                      f"continuing with {best!r}\n")
-  return trainer, state, hist, done
+  return trainer, state, hist, done, {n: (states[n], hists[n]) for n in states}
 
 
 def _copy_checkpoint(src, dst):

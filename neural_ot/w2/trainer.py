@@ -80,6 +80,9 @@ class W2Trainer:
       non-convex potential cannot be pushed down at source points that the local search never
       visits (``potential="mlp"`` diverged that way at D = 64 without it). Rows of a conditional
       batch have their own contexts, so there the option is ignored.
+    leak: the MLP potential's activation is ``leak * u + (1 - leak) softplus(u)``: with
+      ``leak > 0`` a unit pushed far negative still passes gradient back and can recover
+      (the stall of ``benchmarks/RESULTS.md``, issue 27, measured with 0 and 0.02).
   """
 
   potential: str = "icnn"
@@ -141,6 +144,9 @@ class W2Trainer:
     for name in ("b1", "b2"):
       if not 0.0 <= float(getattr(self, name)) < 1.0:
         raise ValueError(f"W2Trainer: `{name}` must be in [0, 1), got {getattr(self, name)!r}.")
+    if not 0.0 <= float(self.leak) < 1.0:
+      raise ValueError(f"W2Trainer: `leak` (the MLP potential's least activation slope) must be "
+                       f"in [0, 1), got {self.leak!r}.")
     if not float(self.strong_convexity) >= 0:
       raise ValueError(f"W2Trainer: `strong_convexity` must be >= 0, got {self.strong_convexity!r}.")
     if not self.hidden:

@@ -1,0 +1,171 @@
+"""Maps a user can trust without a known map: held-out diagnostics, stall detection, the
+automatic model choice, and the known-map families they are measured on."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import neural_ot
+from neural_ot import gaussian
+from neural_ot.w2 import W2Trainer, diagnostics
+from neural_ot.w2bench import families
+from neural_ot.w2bench.families import FAMILIES, family_pair
+
+SMALL = dict(hidden=(32, 32), predictor_hidden=(32, 32), progress=False)
+
+
+# -- the families ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_maps_are_gradients_of_convex_potentials(family):
+  """Brenier: the map of every family is monotone, <T(x) - T(x'), x - x'> >= 0 for all pairs
+  (a gradient of a convex function), and the pair is standardised as documented."""
+  pair = family_pair(family, 3, seed=1)
+  x, y = pair.pairs(jax.random.PRNGKey(0), 400)
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  assert np.all(np.isfinite(y))
+  dx, dy = x[:200] - x[200:], y[:200] - y[200:]
+  assert np.min(np.sum(dx * dy, -1) / np.sum(dx * dx, -1)) > -1e-4
+  assert pair.var_source == pytest.approx(3.0, rel=0.2)
+  assert pair.var_target == pytest.approx(3.0, rel=0.2)
+  assert np.allclose(y.mean(0), 0.0, atol=0.35)
+  # deterministic in (family, dim, seed); another seed is another pair
+  again = family_pair(family, 3, seed=1).true_map(x[:5])
+  np.testing.assert_allclose(np.asarray(again), y[:5], rtol=1e-5, atol=1e-5)
+  other = family_pair(family, 3, seed=2).true_map(x[:5])
+  assert not np.allclose(np.asarray(other), y[:5], atol=1e-3)
+
+
+def test_family_halves_and_the_gaussian_control():
+  tune, held = families.family_names("tune"), families.family_names("heldout")
+  assert len(tune) >= 4 and len(held) >= 4 and not set(tune) & set(held)
+  assert set(tune) | set(held) == set(FAMILIES)
+  # The control's map is affine and its source Gaussian: the closed-form Gaussian map between
+  # the moments is the true map (L2-UVP ~ 0), unlike a nonlinear family.
+  from neural_ot.w2bench import baselines, evaluate
+  control = evaluate(family_pair("quadratic-gauss", 4), *baselines(
+      family_pair("quadratic-gauss", 4))["linear"])
+  other = evaluate(family_pair("lse-box", 4), *baselines(family_pair("lse-box", 4))["linear"])
+  assert control["uvp_fwd"] < 0.1 and other["uvp_fwd"] > 1.0
+  with pytest.raises(ValueError, match="`family` must be one of"):
+    family_pair("nope", 3)
+  with pytest.raises(ValueError, match="`dim` must be a positive int"):
+    family_pair("lse-box", 0)
+
+
+# -- diagnostics -----------------------------------------------------------------------------
+
+def test_heldout_dual_of_a_quadratic_potential_matches_the_closed_form():
+  """At the Gaussian start f(x) = 0.5 x'Ax + b.x, so f*(y) = 0.5 (y - b)' A^-1 (y - b)."""
+  d = 3
+  rng = np.random.default_rng(0)
+  m1, m2 = rng.normal(size=d), rng.normal(size=d)
+  h1, h2 = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+  s1, s2 = h1 @ h1.T + np.eye(d), h2 @ h2.T + np.eye(d)
+  for potential in ("icnn", "mlp"):
+    tr = W2Trainer(potential=potential, hidden=(8, 8), predictor_hidden=(8,))
+    params = tr.init_state(jax.random.PRNGKey(0), d, 10, (m1, s1), (m2, s2)).params
+    # the network parts start small but not zero: switch their output layers off
+    pf = params["f"]["params"]
+    if potential == "mlp":
+      pf["Dense_2"]["kernel"] = jnp.zeros_like(pf["Dense_2"]["kernel"])
+    else:
+      pf["_PositiveDense_1"]["raw_kernel"] = jnp.full_like(pf["_PositiveDense_1"]["raw_kernel"],
+                                                           -200.0)
+    a, b = (np.asarray(v, np.float64) for v in gaussian.gaussian_map(m1, s1, m2, s2))
+    x = rng.normal(size=(64, d)).astype(np.float32)
+    y = rng.normal(size=(64, d)).astype(np.float32)
+    f = jax.vmap(tr.potential_fn(params["f"]))
+    net = np.asarray(f(jnp.asarray(x)), np.float64) - (
+        0.5 * np.einsum("ni,ij,nj->n", x, a, x) + x @ b)
+    assert np.ptp(net) < 1e-4  # f is the Gaussian start's quadratic, up to a constant
+    fx, fcy, resid = diagnostics.heldout_dual_terms(tr, params, jnp.asarray(x), jnp.asarray(y))
+    closed = 0.5 * np.einsum("ni,ij,nj->n", y - b, np.linalg.inv(a), y - b)
+    # f* shifts by minus the network part's (nearly constant) value
+    np.testing.assert_allclose(np.asarray(fcy, np.float64) + np.mean(net), closed, rtol=1e-4, atol=1e-4)
+    assert float(np.max(resid)) < 1e-3
+
+
+def test_inactive_units_counts_units_without_curvature():
+  tr = W2Trainer(potential="mlp", hidden=(8, 4), predictor_hidden=(8,))
+  params = tr.init_params(jax.random.PRNGKey(0), 2)
+  x = jax.random.normal(jax.random.PRNGKey(1), (500, 2))
+  share, per = diagnostics.inactive_units(tr, params["f"], x)
+  assert share == 0.0 and per == (0.0, 0.0)
+  # push half the units of the first layer and all of the second far negative: dead there
+  p = jax.tree.map(lambda v: v, params)
+  p["f"]["params"]["Dense_0"]["bias"] = p["f"]["params"]["Dense_0"]["bias"].at[:4].set(-50.0)
+  p["f"]["params"]["Dense_1"]["bias"] = p["f"]["params"]["Dense_1"]["bias"] - 50.0
+  share, per = diagnostics.inactive_units(tr, p["f"], x)
+  assert per == (0.5, 1.0)
+  assert share == pytest.approx((4 + 4) / 12)
+
+
+def test_a_fit_that_stays_at_its_start_is_flagged_and_a_healthy_one_is_not():
+  """A rate too small to move (the stall's outcome: the map is its Gaussian start) is caught
+  by the held-out dual, with a warning that names what was seen; a fit that learns the
+  nonlinear map is not flagged."""
+  pair = family_pair("lse-box", 2)
+  args = (pair.sample_source, pair.sample_target)
+  with pytest.warns(RuntimeWarning, match="no better than the Gaussian start"):
+    stuck = neural_ot.fit_w2(*args, steps=300, learning_rate=1e-9, potential="mlp", **SMALL)
+  d = stuck.diagnostics
+  assert d.stalled and abs(d.dual_gain) <= 3 * d.dual_gain_se + 1e-4 * abs(d.dual_start)
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)
+    good = neural_ot.fit_w2(*args, steps=600, potential="mlp", **SMALL)
+  g = good.diagnostics
+  assert not g.stalled and g.message == ""
+  assert g.dual_gain > 10 * g.dual_gain_se
+  assert g.conj_residual_median < 1e-3
+
+
+def test_dead_units_are_flagged():
+  pair = family_pair("lse-box", 2)
+  tr = W2Trainer(potential="mlp", hidden=(8, 8), predictor_hidden=(8,))
+  x, y = (np.asarray(v) for v in pair.pairs(jax.random.PRNGKey(0), 256))
+  params = tr.init_params(jax.random.PRNGKey(0), 2)
+  params["f"]["params"]["Dense_1"]["bias"] = params["f"]["params"]["Dense_1"]["bias"] - 50.0
+  d = diagnostics.diagnose(tr, params, None, x, y)
+  assert d.stalled and "inactive" in d.message and d.inactive_share == 0.5
+
+
+# -- the automatic choice --------------------------------------------------------------------
+
+def test_auto_races_both_potentials_and_keeps_the_lower_heldout_dual(tmp_path):
+  pair = family_pair("lse-box", 2)
+  args = (pair.sample_source, pair.sample_target)
+  kw = dict(steps=2000, batch_size=64, log_every=100, checkpoint_dir=str(tmp_path), **SMALL)
+  mp = neural_ot.fit_w2(*args, **kw)
+  choice = mp.diagnostics.choice
+  cands = choice["candidates"]
+  assert set(cands) == {"mlp", "icnn"}
+  assert all(c["steps"] == 200 for c in cands.values())
+  assert choice["chosen"] == min(cands, key=lambda n: cands[n]["dual"])
+  assert mp.trainer.potential == choice["chosen"]
+  assert int(mp.history[-1]["step"]) == 2000
+  # the race is recorded beside the checkpoints; a second call neither races nor trains again
+  with open(os.path.join(tmp_path, "race.json"), encoding="utf-8") as fh:
+    assert json.load(fh)["choice"]["chosen"] == choice["chosen"]
+  again = neural_ot.fit_w2(*args, **kw)
+  assert again.diagnostics.choice == choice
+  np.testing.assert_array_equal(np.asarray(jax.tree.leaves(again.params)[0]),
+                                np.asarray(jax.tree.leaves(mp.params)[0]))
+  # a short run does not race: the dimension's rule, no choice recorded
+  short = neural_ot.fit_w2(*args, steps=50, batch_size=64, **SMALL)
+  assert short.diagnostics.choice is None
+  with pytest.raises(ValueError, match="`potential` must be 'auto', 'icnn' or 'mlp'"):
+    neural_ot.fit_w2(*args, steps=5, potential="resnet", **SMALL)
+
+
+def test_diagnostics_survive_save_and_load(tmp_path):
+  pair = family_pair("lse-box", 2)
+  mp = neural_ot.fit_w2(pair.sample_source, pair.sample_target, steps=50, batch_size=64, **SMALL)
+  mp.save(str(tmp_path / "m.msgpack"))
+  back = neural_ot.load_map(str(tmp_path / "m.msgpack"))
+  assert back.diagnostics == mp.diagnostics
