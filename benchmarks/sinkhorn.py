@@ -129,22 +129,19 @@ def _scan_case(n, d, legacy, tile_size):
   from neural_ot.geometry import pointcloud as pc
   from neural_ot.sinkhorn.solver import Sinkhorn
 
-  pc._LEGACY_WHOLE_AXIS_TILES = legacy  # read at trace time
-  try:
-    x, y = _data(n, d)
-    a = jnp.full((n,), 1.0 / n)
-    eps = jnp.asarray(0.05 * _mean_cost(x, y))
-    solver = Sinkhorn(tol=1e-30, max_iters=10, online=True,
-                      tile_size=(256, None) if legacy else tile_size)
-    geom = pc.PointCloud.create(x, y, online=True, tile_size=solver.tile_size)
-    f0 = jnp.zeros((n,))
-    half = jax.jit(lambda geom, a, f, eps: solver.c_transform(geom, a, f, eps))
-    half_c = half.lower(geom, a, f0, eps).compile()
-    state = jax.jit(lambda geom, a, eps: solver.init(geom, a, a, eps))(geom, a, eps)
-    step = jax.jit(lambda geom, a, eps, st: solver.step(geom, a, a, eps, st))
-    step_c = step.lower(geom, a, eps, state).compile()
-  finally:
-    pc._LEGACY_WHOLE_AXIS_TILES = False
+  # "legacy": the previous scheme, the blocked one with whole-axis blocks (tile_size=(256, None))
+  x, y = _data(n, d)
+  a = jnp.full((n,), 1.0 / n)
+  eps = jnp.asarray(0.05 * _mean_cost(x, y))
+  solver = Sinkhorn(tol=1e-30, max_iters=10, online=True,
+                    tile_size=(256, None) if legacy else tile_size)
+  geom = pc.PointCloud.create(x, y, online=True, tile_size=solver.tile_size)
+  f0 = jnp.zeros((n,))
+  half = jax.jit(lambda geom, a, f, eps: solver.c_transform(geom, a, f, eps))
+  half_c = half.lower(geom, a, f0, eps).compile()
+  state = jax.jit(lambda geom, a, eps: solver.init(geom, a, a, eps))(geom, a, eps)
+  step = jax.jit(lambda geom, a, eps, st: solver.step(geom, a, a, eps, st))
+  step_c = step.lower(geom, a, eps, state).compile()
   return dict(step=(step_c, (geom, a, eps, state)), half=(half_c, (geom, a, f0, eps)))
 
 
@@ -312,7 +309,7 @@ def _append_scan_section(path, result, table, tile):
            "warm-up call, compile excluded; G per CPU-s divides by the process CPU time of all "
            "threads (less sensitive to other users' load); 'after vs 4k, same rounds' is the "
            "throughput relative to the n=4,000 step timed between the same calls. Before: 256 rows of the kept axis against the whole "
-           f"reduced axis (the previous scheme, `pointcloud._LEGACY_WHOLE_AXIS_TILES`); after: "
+           f"reduced axis (the previous scheme: `tile_size=(256, None)`); after: "
            f"streamed {tile[0]} x {tile[1]} blocks.\n", table, ""]
   base = by.get((2, 4000))
   for n in (50000, 100000):

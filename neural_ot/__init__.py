@@ -7,7 +7,7 @@ from neural_ot.sinkhorn import (ImplicitDiff, Sinkhorn, SinkhornOutput, Sinkhorn
 __version__ = "0.1.0"
 
 # Neural maps pull in flax/optax: imported on first use so `import neural_ot` stays light.
-_LAZY = {"fit_w2": "neural_ot.w2", "load_map": "neural_ot.w2", "W2Map": "neural_ot.w2",
+_LAZY = {"fit_w2": "neural_ot.w2", "load_map": "neural_ot.mapfile", "W2Map": "neural_ot.w2",
          "W2Trainer": "neural_ot.w2", "TrainingDivergedError": "neural_ot.w2",
          "gaussian_map": "neural_ot.w2", "gaussian_w2": "neural_ot.w2",
          "fit_conditional_w2": "neural_ot.conditional",

@@ -29,7 +29,7 @@ def sinkhorn_inputs(x, y, a, b, epsilon, options: dict):
       raise TypeError("sinkhorn: `epsilon` is required unless `x` is an ott-jax PointCloud "
                       "that sets it.")
     return x, y, a, b, epsilon, options
-  from ott.geometry import costs, pointcloud  # pylint: disable=import-outside-toplevel
+  from ott.geometry import costs, pointcloud  # pylint: disable=import-outside-toplevel  (optional: ott-jax loads on use, it is slow to import)
 
   geom = x
   if not isinstance(geom, pointcloud.PointCloud):

@@ -215,7 +215,5 @@ def check_config(solver):
     raise ValueError(f"`epsilon_init_factor` must be >= 1, got {solver.epsilon_init_factor!r}.")
   if not 0.0 < solver.epsilon_decay < 1.0:
     raise ValueError(f"`epsilon_decay` must be in (0, 1), got {solver.epsilon_decay!r}.")
-  from neural_ot.geometry.pointcloud import tile_shape
-  tile_shape(solver.tile_size)  # None, an int or a (rows, cols) pair; raises naming `tile_size`
   if solver.online not in (None, True, False):
     raise ValueError(f"`online` must be None (auto), True or False, got {solver.online!r}.")

@@ -12,11 +12,17 @@ import os
 import tempfile
 from typing import Any
 
+import jax
+import numpy as np
 from flax import serialization
 
-__all__ = ["save_atomic", "write_bytes_atomic", "write_json_atomic", "load", "CHECKPOINT_FORMAT"]
+__all__ = ["save_atomic", "write_bytes_atomic", "write_json_atomic", "load", "read_map_file",
+           "check_map_contents", "CHECKPOINT_FORMAT", "W2_MAP_FORMAT", "CONDITIONAL_MAP_FORMAT"]
 
 CHECKPOINT_FORMAT = "neural_ot.Checkpoint/1"
+W2_MAP_FORMAT = "neural_ot.W2Map/1"
+CONDITIONAL_MAP_FORMAT = "neural_ot.ConditionalW2Map/1"
+MAP_FORMATS = {W2_MAP_FORMAT: "W2 map", CONDITIONAL_MAP_FORMAT: "conditional map"}
 
 
 def _umask() -> int:
@@ -89,3 +95,35 @@ def load(path: str, expect: str | None = None, what: str = "file") -> dict:
     if tag != expect:
       raise ValueError(f"{path!r} is not a neural_ot {what} (format {tag!r}, expected {expect!r}).")
   return tree
+
+
+def read_map_file(path: str, formats=tuple(MAP_FORMATS)) -> tuple[dict, dict]:
+  """``(raw, meta)`` of a map file whose format tag is one of ``formats``; a file that is not
+  one (msgpack, JSON or layout errors, another tag) is a ``ValueError`` naming it."""
+  try:
+    raw = load(path)
+    meta = json.loads(raw["meta"])
+    if meta.get("format") not in formats:
+      raise KeyError("format")
+  except FileNotFoundError:
+    raise
+  except Exception as exc:  # msgpack, JSON or layout errors all mean "not a map file"
+    what = " or ".join(MAP_FORMATS.get(f, f) for f in formats)
+    raise ValueError(f"load_map: {path!r} is not a neural_ot {what} file.") from exc
+  return raw, meta
+
+
+def check_map_contents(trainer, params, dim: int, frame) -> None:
+  """Parameters laid out as ``trainer.init_params`` builds them for ``dim``, finite numbers
+  throughout and positive frame scales (a damaged file can be valid msgpack with broken
+  contents); a ``ValueError`` otherwise."""
+  dtype = jax.tree.leaves(params)[0].dtype
+  want = jax.eval_shape(lambda: trainer.init_params(jax.random.PRNGKey(0), dim, dtype))
+  shapes = lambda t: [tuple(np.shape(v)) for v in jax.tree.leaves(t)]
+  if jax.tree.structure(want) != jax.tree.structure(params) or shapes(want) != shapes(params):
+    raise ValueError("parameters do not match the recorded network")
+  for leaf in jax.tree.leaves(params) + [np.asarray(v) for v in frame]:
+    if not np.all(np.isfinite(np.asarray(leaf, np.float64))):
+      raise ValueError("non-finite parameters")
+  if not (float(frame.sx) > 0 and float(frame.sy) > 0):
+    raise ValueError("non-positive frame scales")

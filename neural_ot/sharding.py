@@ -14,9 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from neural_ot.geometry.pointcloud import check_mesh_axis
-
-__all__ = ["make_mesh", "pad_points", "shard_points", "mesh_of"]
+__all__ = ["make_mesh", "pad_points", "shard_points", "mesh_of", "check_mesh_axis"]
 
 
 def make_mesh(devices=None, axis_name: str = "points") -> Mesh:
@@ -66,3 +64,18 @@ def mesh_of(x):
       return None
     axis = axis[0]
   return sharding.mesh, axis
+
+
+def check_mesh_axis(mesh, axis_name: str | None) -> str:
+  """The mesh axis to shard points along: ``axis_name``, or the mesh's only axis."""
+  if not isinstance(mesh, Mesh):
+    raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
+  if axis_name is None:
+    if len(mesh.axis_names) != 1:
+      raise ValueError(f"`axis_name` is required for a mesh with several axes "
+                       f"{tuple(mesh.axis_names)}.")
+    return mesh.axis_names[0]
+  if axis_name not in mesh.axis_names:
+    raise ValueError(f"`axis_name` must be one of the mesh axes {tuple(mesh.axis_names)}, "
+                     f"got {axis_name!r}.")
+  return axis_name

@@ -19,7 +19,9 @@ raises :class:`TrainingDivergedError` with that state saved.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -30,10 +32,14 @@ from typing import Any, Callable, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import serialization
+from jax.sharding import NamedSharding, PartitionSpec
 
-from neural_ot import _validation, io
+from neural_ot import _validation, io, tracing
+from neural_ot.sharding import check_mesh_axis
 
-__all__ = ["TrainState", "Trainer", "TrainingDivergedError", "run", "guarded_step", "cosine_schedule",
+__all__ = ["TrainState", "Trainer", "TrainingDivergedError", "FitOptions", "run", "run_fit",
+           "guarded_step", "cosine_schedule",
            "data_fingerprint", "data_parallel"]
 
 
@@ -84,6 +90,7 @@ def guarded_step(state, ok, key, data, max_param_norm, *, trainer, sampler):
 
   Returns ``(state, ok, metrics)`` (metrics with ``param_norm`` added).
   """
+  tracing.traced("train_step")
   batch = sampler(jax.random.fold_in(key, state.step), data)
   new, metrics = trainer.step(state, batch)
   metrics = dict(metrics)
@@ -122,6 +129,154 @@ class _Progress:
   def close(self):
     if self.enabled and self.tty:
       sys.stderr.write("\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+  """The options every ``fit_*`` shares, as one value checked once (:meth:`checked`).
+
+  A fit takes them as keyword arguments (``fit_w2(x, y, steps=..., checkpoint_dir=...)``):
+  :meth:`from_kwargs` splits them from the fit's own options. A new option shared by the fits
+  is a field here (with its check in :meth:`checked` and its use in :func:`run_fit`): every fit
+  has it at once.
+
+  Attributes:
+    steps: optimizer steps (``None`` with ``max_seconds``: as many as fit; a fit's default
+      when neither is given).
+    max_seconds: wall-clock budget, compile included: the schedule is planned for the steps it
+      buys (measured as training runs); with ``steps`` too, whichever ends first.
+    batch_size: samples per step (``None``: the fit's default).
+    seed: PRNG seed (initialisation, splits and batches; step ``s`` draws from
+      ``fold_in(key, s)``, so a resumed run sees the batches of an uninterrupted one).
+    checkpoint_dir: where checkpoints are written (atomically) every ``checkpoint_every``
+      steps, at the end, on interruption and on divergence (last good state); with
+      ``resume=True`` a checkpoint of the same settings and data is continued, one of others
+      refused.
+    eval_fn: ``eval_fn(result, step) -> dict`` every ``eval_every`` steps and/or every
+      ``eval_seconds`` of training, and at the end (kept in the history).
+    callback: ``callback(step, metrics)`` every ``log_every`` steps.
+    progress: a progress line on stderr every ``log_every`` steps.
+    log_every: steps between metric fetches (the only host syncs).
+    max_param_norm: stop with :class:`TrainingDivergedError` beyond this parameter norm.
+    dtype: float32 or float64 (default float32, or float64 under x64).
+    mesh, axis_name: data-parallel training over a :class:`jax.sharding.Mesh` axis.
+  """
+
+  steps: int | None = None
+  max_seconds: float | None = None
+  batch_size: int | None = None
+  seed: int = 0
+  checkpoint_dir: Any = None
+  checkpoint_every: int = 500
+  resume: bool = True
+  eval_fn: Callable | None = None
+  eval_every: int = 0
+  eval_seconds: float = 0.0
+  callback: Callable | None = None
+  progress: bool = True
+  log_every: int = 100
+  max_param_norm: float = 1e6
+  dtype: Any = None
+  mesh: Any = None
+  axis_name: str | None = None
+
+  @classmethod
+  def from_kwargs(cls, who: str, kwargs: dict, *, default_steps: int | None = 4000,
+                  unsupported=(), **defaults) -> tuple["FitOptions", dict]:
+    """``(options, rest)``: the shared options among ``kwargs`` (over the fit's ``defaults``),
+    checked, and the fit's own. ``unsupported`` names shared options this fit refuses."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    refused = sorted(set(kwargs) & set(unsupported))
+    if refused:
+      raise TypeError(f"{who}: option(s) {refused} are not supported here.")
+    shared = {k: v for k, v in kwargs.items() if k in names}
+    rest = {k: v for k, v in kwargs.items() if k not in names}
+    opts = cls(**{**defaults, **shared}).checked(who)
+    if opts.steps is None and opts.max_seconds is None:
+      opts = dataclasses.replace(opts, steps=default_steps)
+    return opts, rest
+
+  def checked(self, who: str) -> "FitOptions":
+    """This value checked (a bad one is a ``ValueError``/``TypeError`` naming it) and
+    normalised: Python ints (a checkpoint's JSON fingerprint takes no numpy ints) and a numpy
+    float dtype."""
+    for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1),
+                      ("log_every", 1), ("eval_every", 0)):
+      val = getattr(self, name)
+      if val is not None and not (_validation.is_int(val) and val >= low):
+        raise ValueError(f"{who}: `{name}` must be an int >= {low}, got {val!r}.")
+    if not (_validation.is_int(self.seed) and 0 <= self.seed < 2 ** 32):
+      raise ValueError(f"{who}: `seed` must be an int in [0, 2**32), got {self.seed!r}.")
+    if self.max_seconds is not None and not (_is_real(self.max_seconds)
+                                             and 0 < self.max_seconds < math.inf):
+      raise ValueError(f"{who}: `max_seconds` must be a number > 0 (finite), got "
+                       f"{self.max_seconds!r}.")
+    if not (_is_real(self.eval_seconds) and 0 <= self.eval_seconds < math.inf):
+      raise ValueError(f"{who}: `eval_seconds` must be >= 0, got {self.eval_seconds!r}.")
+    if not (_is_real(self.max_param_norm) and self.max_param_norm > 0):
+      raise ValueError(f"{who}: `max_param_norm` must be a number > 0, got "
+                       f"{self.max_param_norm!r}.")
+    for name in ("resume", "progress"):
+      if not isinstance(getattr(self, name), (bool, np.bool_)):
+        raise TypeError(f"{who}: `{name}` must be True or False, got {getattr(self, name)!r}.")
+    for name in ("callback", "eval_fn"):
+      fn = getattr(self, name)
+      if fn is not None and not callable(fn):
+        raise TypeError(f"{who}: `{name}` must be callable or None, got {type(fn).__name__}.")
+    if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir,
+                                                          (str, os.PathLike)):
+      raise TypeError(f"{who}: `checkpoint_dir` must be a path or None, got "
+                      f"{type(self.checkpoint_dir).__name__}.")
+    dtype = self.dtype
+    if dtype is None:
+      dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    try:
+      dtype = np.dtype(dtype)
+    except TypeError:
+      raise TypeError(f"{who}: `dtype` must be a float dtype, got {self.dtype!r}.") from None
+    # float16 and bfloat16 train to NaN at the first step (measured); ints cannot be trained.
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+      raise ValueError(f"{who}: `dtype` must be float32 or float64, got {dtype}.")
+    as_int = lambda v: None if v is None else int(v)
+    return dataclasses.replace(
+        self, steps=as_int(self.steps), batch_size=as_int(self.batch_size), seed=int(self.seed),
+        dtype=dtype, checkpoint_every=int(self.checkpoint_every),
+        log_every=int(self.log_every), eval_every=int(self.eval_every))
+
+  def checkpoint_path(self, name: str = "checkpoint.msgpack") -> str | None:
+    """``checkpoint_dir/name``, or ``None`` without a checkpoint folder."""
+    return os.path.join(self.checkpoint_dir, name) if self.checkpoint_dir else None
+
+  def fingerprint(self, trainer_config: dict, **data) -> str:
+    """The JSON that a checkpoint must match to be resumed: the trainer's configuration, the
+    run's own settings and the fit's data tags."""
+    return json.dumps({"trainer": trainer_config, "steps": self.steps,
+                       "batch_size": self.batch_size, "seed": self.seed,
+                       "dtype": self.dtype.name, **data}, sort_keys=True)
+
+
+def run_fit(who: str, opts: FitOptions, trainer, state: TrainState, sampler: Callable, data: Any,
+            key: jax.Array, *, fingerprint: str, make_result: Callable | None = None,
+            checkpoint: str = "checkpoint.msgpack", show: tuple = ("loss",), advice: str = "",
+            placement: Callable | None = None, steps: Any = "opts", max_seconds: Any = "opts",
+            plan_seconds: float | None = None, history: list | None = None):
+  """The one run behind every ``fit_*``: :func:`run` with the checked ``opts`` (no second
+  validation), the checkpoint ``checkpoint`` in ``opts.checkpoint_dir``, and ``eval_fn``
+  called on ``make_result(state)`` (the fit's map or model). ``steps`` and ``max_seconds``
+  default to the options' (a part of a run, such as a race, passes its own)."""
+  make = make_result or (lambda st: st)
+  run_eval = None
+  if opts.eval_fn is not None:
+    run_eval = lambda st, step: opts.eval_fn(make(st), step)
+  return _loop(
+      trainer, state, sampler, data, key, steps=opts.steps if steps == "opts" else steps,
+      max_seconds=opts.max_seconds if max_seconds == "opts" else max_seconds,
+      checkpoint_path=opts.checkpoint_path(checkpoint), fingerprint=fingerprint,
+      resume=opts.resume, checkpoint_every=opts.checkpoint_every, log_every=opts.log_every,
+      max_param_norm=opts.max_param_norm, eval_fn=run_eval, eval_every=opts.eval_every,
+      eval_seconds=opts.eval_seconds, callback=opts.callback, progress=opts.progress, name=who,
+      show=show, advice=advice, placement=placement, plan_seconds=plan_seconds,
+      history=history)
 
 
 def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array, *,
@@ -163,19 +318,24 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
     raise ValueError(f"{name}: give `steps`, `max_seconds` or both.")
   # Checked here, once for every trainer: a bad value would otherwise surface steps later as
   # a ZeroDivisionError, a "diverged" run or an object that is not callable.
-  if max_seconds is not None and not (_is_real(max_seconds) and 0 < max_seconds < math.inf):
-    raise ValueError(f"{name}: `max_seconds` must be a number > 0 (finite), got {max_seconds!r}.")
-  if not (_is_real(eval_seconds) and 0 <= eval_seconds < math.inf):
-    raise ValueError(f"{name}: `eval_seconds` must be >= 0, got {eval_seconds!r}.")
-  for what, val, low in (("log_every", log_every, 1), ("checkpoint_every", checkpoint_every, 1),
-                         ("eval_every", eval_every, 0)):
-    if not (_validation.is_int(val) and val >= low):
-      raise ValueError(f"{name}: `{what}` must be an int >= {low}, got {val!r}.")
-  if not (_is_real(max_param_norm) and max_param_norm > 0):
-    raise ValueError(f"{name}: `max_param_norm` must be a number > 0, got {max_param_norm!r}.")
-  for what, fn in (("callback", callback), ("eval_fn", eval_fn)):
-    if fn is not None and not callable(fn):
-      raise TypeError(f"{name}: `{what}` must be callable or None, got {type(fn).__name__}.")
+  FitOptions(steps=steps, max_seconds=max_seconds, checkpoint_every=checkpoint_every,
+             log_every=log_every, eval_every=eval_every, eval_seconds=eval_seconds,
+             max_param_norm=max_param_norm, eval_fn=eval_fn, callback=callback,
+             resume=bool(resume), progress=bool(progress)).checked(name)
+  return _loop(trainer, state, sampler, data, key, steps=steps, max_seconds=max_seconds,
+               checkpoint_path=checkpoint_path, fingerprint=fingerprint, resume=resume,
+               checkpoint_every=checkpoint_every, log_every=log_every,
+               max_param_norm=max_param_norm, eval_fn=eval_fn, eval_every=eval_every,
+               eval_seconds=eval_seconds, callback=callback, progress=progress, name=name,
+               show=show, advice=advice, placement=placement, plan_seconds=plan_seconds,
+               history=history)
+
+
+def _loop(trainer, state, sampler, data, key, *, steps, max_seconds, checkpoint_path,
+          fingerprint, resume, checkpoint_every, log_every, max_param_norm, eval_fn, eval_every,
+          eval_seconds, callback, progress, name, show, advice, placement, plan_seconds,
+          history):
+  """:func:`run` after its checks."""
   if plan_seconds is not None and not (_is_real(plan_seconds) and plan_seconds > 0):
     raise ValueError(f"{name}: `plan_seconds` must be a number > 0, got {plan_seconds!r}.")
   t_start = time.perf_counter()
@@ -263,7 +423,6 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
 
 
 def _restore(path, template: TrainState, fingerprint: str, name: str):
-  from flax import serialization  # pylint: disable=import-outside-toplevel
   raw = io.load(path, expect=io.CHECKPOINT_FORMAT, what="checkpoint")
   if raw.get("fingerprint") != fingerprint:
     raise ValueError(
@@ -282,8 +441,6 @@ def data_parallel(mesh, axis_name, batch_size: int, name: str):
   multiple of the number of devices."""
   if mesh is None:
     return None, None
-  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-  from neural_ot.sharding import check_mesh_axis  # pylint: disable=import-outside-toplevel
   axis_name = check_mesh_axis(mesh, axis_name)
   ndev = mesh.shape[axis_name]
   if batch_size % ndev:
@@ -296,7 +453,6 @@ def data_parallel(mesh, axis_name, batch_size: int, name: str):
 
 def data_fingerprint(*arrays) -> str:
   """A short hash of arrays (shape, dtype and bytes) for checkpoint fingerprints."""
-  import hashlib  # pylint: disable=import-outside-toplevel
   h = hashlib.sha256()
   for a in arrays:
     a = np.ascontiguousarray(np.asarray(a))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from neural_ot import cli, load_map
+from neural_ot.cli.common import write_json
 
 
 def _is_png(path):
@@ -254,8 +255,8 @@ def test_help_shows_defaults_and_describes_positionals(capsys):
 def test_json_outputs_are_strict_json(tmp_path):
   import jax.numpy as jnp
   path = tmp_path / "x.json"
-  cli._write_json(str(path), {"nan": float("nan"), "f32": np.float32(1.5), "i": np.int64(3),
-                              "arr": jnp.array([1.0, jnp.inf]), "nested": [{"x": -np.inf}]})
+  write_json(str(path), {"nan": float("nan"), "f32": np.float32(1.5), "i": np.int64(3),
+                         "arr": jnp.array([1.0, jnp.inf]), "nested": [{"x": -np.inf}]})
   assert _strict_json(path) == {"nan": None, "f32": 1.5, "i": 3, "arr": [1.0, None],
                                 "nested": [{"x": None}]}
 

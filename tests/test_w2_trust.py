@@ -106,15 +106,21 @@ def test_inactive_units_counts_units_without_curvature():
 
 
 def test_a_fit_that_stays_at_its_start_is_flagged_and_a_healthy_one_is_not():
-  """A rate too small to move (the stall's outcome: the map is its Gaussian start) is caught
-  by the held-out dual, with a warning that names what was seen; a fit that learns the
-  nonlinear map is not flagged."""
+  """The stall as measured (issue 27): a rate so high that the MLP's last hidden layer dies
+  early, after which the network is cut off and the map stays at its Gaussian start. It is
+  caught by the held-out dual and the inactive units, with a warning that names both; a rate
+  too small to move is caught by the dual alone; a fit that learns the nonlinear map is not
+  flagged."""
   pair = family_pair("lse-box", 2)
   args = (pair.sample_source, pair.sample_target)
-  with pytest.warns(RuntimeWarning, match="no better than the Gaussian start"):
-    stuck = neural_ot.fit_w2(*args, steps=300, learning_rate=1e-9, potential="mlp", **SMALL)
+  with pytest.warns(RuntimeWarning, match="no better than the Gaussian start.*inactive"):
+    stuck = neural_ot.fit_w2(*args, steps=300, learning_rate=1.0, potential="mlp", **SMALL)
   d = stuck.diagnostics
   assert d.stalled and abs(d.dual_gain) <= 3 * d.dual_gain_se + 1e-4 * abs(d.dual_start)
+  assert d.inactive_by_layer[-1] >= 0.9
+  with pytest.warns(RuntimeWarning, match="no better than the Gaussian start"):
+    still = neural_ot.fit_w2(*args, steps=300, learning_rate=1e-9, potential="mlp", **SMALL)
+  assert still.diagnostics.stalled and still.diagnostics.inactive_share == 0.0
   import warnings
   with warnings.catch_warnings():
     warnings.simplefilter("error", RuntimeWarning)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -29,14 +28,13 @@ import numpy as np
 
 from neural_ot import gaussian, train
 from neural_ot.conditional.maps import ConditionalW2Map, Contexts, pair_features
-from neural_ot.w2.fit import default_options, validate_fit_arguments
+from neural_ot.w2.fit import default_options
 from neural_ot.w2.maps import Frame
 from neural_ot._validation import is_int
 from neural_ot.w2.trainer import W2Trainer, as_config
 
 __all__ = ["fit_conditional_w2", "ConditionSampler"]
 
-_CKPT = "checkpoint.msgpack"
 _N_PROBE = 16384
 _NAME = "fit_conditional_w2"
 
@@ -217,15 +215,8 @@ def _base_from_sampler(feats, x, y, strong_convexity):
   return f_base, g_base
 
 
-def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
-                       max_seconds: float | None = None, batch_size: int | None = None,
-                       seed: int = 0, standardize: bool = True,
-                       checkpoint_dir: str | None = None, checkpoint_every: int = 500,
-                       resume: bool = True, eval_fn: Callable | None = None, eval_every: int = 0,
-                       eval_seconds: float = 0.0, callback: Callable | None = None,
-                       progress: bool = True, log_every: int = 100,
-                       max_param_norm: float = 1e6, dtype=None, mesh=None,
-                       axis_name: str | None = None, **options) -> ConditionalW2Map:
+def fit_conditional_w2(data, *, context: str = "auto", standardize: bool = True,
+                       **options) -> ConditionalW2Map:
   """Learn W2 maps ``T(.; c) = grad_x f(.; c)`` for many conditions ``c`` with one model.
 
   Args:
@@ -235,14 +226,13 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
       sampler ``sample(key, n) -> (c, x, y)`` with ``c: (n, k)`` (or ``(n,)``), ``x, y: (n, d)``.
     context: ``"auto"`` (string keys are labels, numbers and tuples of numbers are vectors),
       ``"label"`` or ``"vector"``; samplers always give vectors.
-    steps: optimizer steps (default 4000 when ``max_seconds`` is not given).
-    max_seconds: wall-clock budget; this and the other keywords (``batch_size``, ``seed``,
-      ``standardize``, ``checkpoint_dir``, ``checkpoint_every``, ``resume``, ``eval_fn``,
-      ``eval_every``, ``eval_seconds``, ``callback``, ``progress``, ``log_every``,
-      ``max_param_norm``, ``dtype``, ``mesh``, ``axis_name``) work as in
-      :func:`neural_ot.fit_w2` (``eval_fn(map, step)`` gets the :class:`ConditionalW2Map`).
-    **options: fields of :class:`neural_ot.W2Trainer` (widths, ``context_hidden``, learning
-      rate, conjugate budget, ...); unset ones follow :func:`neural_ot.w2.default_options`.
+    standardize: as in :func:`neural_ot.fit_w2`.
+    **options: the options every fit shares (:class:`neural_ot.train.FitOptions`: ``steps``
+      (default 4000 when ``max_seconds`` is not given), ``max_seconds``, ``batch_size``,
+      ``seed``, checkpoints, ``eval_fn(map, step)`` (it gets the :class:`ConditionalW2Map`),
+      progress, ``dtype``, ``mesh``, ...), and fields of :class:`neural_ot.W2Trainer` (widths,
+      ``context_hidden``, learning rate, conjugate budget, ...); unset ones follow
+      :func:`neural_ot.w2.default_options`.
 
   Returns:
     A :class:`ConditionalW2Map` (``transport(x, c)``, ``inverse(y, c)``, ``predict(c)``,
@@ -258,11 +248,11 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
   """
   if context not in ("auto", "label", "vector"):
     raise ValueError(f"{_NAME}: `context` must be 'auto', 'label' or 'vector', got {context!r}.")
-  steps, batch_size, seed, dtype = validate_fit_arguments(
-      _NAME, options, steps=steps, max_seconds=max_seconds, batch_size=batch_size, seed=seed,
-      standardize=standardize, resume=resume, checkpoint_dir=checkpoint_dir,
-      checkpoint_every=checkpoint_every, log_every=log_every, eval_fn=eval_fn, dtype=dtype,
-      exclude_options=("context_dim", "context_mode"))
+  opts, options = train.FitOptions.from_kwargs(_NAME, options)
+  W2Trainer.check_options(_NAME, options, exclude=("context_dim", "context_mode"))
+  if not isinstance(standardize, (bool, np.bool_)):
+    raise TypeError(f"{_NAME}: `standardize` must be True or False, got {standardize!r}.")
+  steps, seed, dtype = opts.steps, opts.seed, opts.dtype
   rng = np.random.default_rng(seed)
 
   if callable(data) and not isinstance(data, Mapping):
@@ -306,7 +296,8 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
   # lower held-out error than 3e-3 (benchmarks/conditional.py; notes of issue 15).
   defaults["learning_rate"] = min(defaults["learning_rate"], 1e-2)
   batch_default = defaults.pop("batch_size")
-  batch_size = batch_default if batch_size is None else int(batch_size)
+  batch_size = batch_default if opts.batch_size is None else opts.batch_size
+  opts = dataclasses.replace(opts, batch_size=batch_size)
   trainer = W2Trainer(**{**defaults, **options, "context_dim": contexts.dim,
                          "context_mode": "input"})
   frame = Frame.fit(pooled_x, pooled_y) if standardize else Frame.identity(dim)
@@ -331,7 +322,7 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
               "g": trainer.g_module.from_base(params["g"], *base[1])}
   state = trainer.init_state(k_init, dim, horizon, dtype=dtype, params=params)
 
-  sharding, placement = train.data_parallel(mesh, axis_name, int(batch_size), _NAME)
+  sharding, placement = train.data_parallel(opts.mesh, opts.axis_name, batch_size, _NAME)
 
   sampler = ConditionSampler(batch_size, fn, dtype.name, sharding)
   arrays = {"frame": frame.astype(dtype)}
@@ -342,21 +333,14 @@ def fit_conditional_w2(data, *, context: str = "auto", steps: int | None = None,
   else:
     arrays.update(cmean=jnp.asarray(contexts.mean, dtype), cscale=jnp.asarray(contexts.scale, dtype))
 
-  fingerprint = json.dumps({"trainer": as_config(trainer), "steps": steps, "seed": seed,
-                            "batch_size": batch_size, "dim": dim, "standardize": standardize,
-                            "data": tag, "dtype": dtype.name}, sort_keys=True)
+  fingerprint = opts.fingerprint(as_config(trainer), dim=dim, standardize=standardize, data=tag)
 
   def make_map(st, history=()):
     return ConditionalW2Map(trainer, st.params, dim, contexts, frame, tuple(history))
 
-  run_eval = None if eval_fn is None else (lambda st, step: eval_fn(make_map(st), step))
-  state, history = train.run(
-      trainer, state, sampler, arrays, k_data, steps=steps, max_seconds=max_seconds,
-      checkpoint_path=os.path.join(checkpoint_dir, _CKPT) if checkpoint_dir else None,
-      fingerprint=fingerprint, resume=resume, checkpoint_every=checkpoint_every,
-      log_every=log_every, max_param_norm=max_param_norm, eval_fn=run_eval,
-      eval_every=eval_every, eval_seconds=eval_seconds, callback=callback, progress=progress,
-      name=_NAME, show=("loss", "conj_iters"), placement=placement,
+  state, history = train.run_fit(
+      _NAME, opts, trainer, state, sampler, arrays, k_data, fingerprint=fingerprint,
+      make_result=make_map, show=("loss", "conj_iters"), placement=placement,
       advice="Try a smaller `learning_rate`")
   return make_map(state, history)
 

@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neural_ot import _validation, io
+from neural_ot import _validation, gaussian, io
 from neural_ot.potentials.conditional import FixedContext
+from neural_ot.w2.fit import fit_w2
 from neural_ot.w2.maps import Frame, W2Map
 from neural_ot.w2.trainer import W2Trainer, as_config
 
 __all__ = ["ConditionalW2Map", "Contexts", "load_conditional_map", "pair_features"]
 
-FORMAT = "neural_ot.ConditionalW2Map/1"
 
 
 class Contexts(NamedTuple):
@@ -121,7 +121,6 @@ def pair_features(source, target, name: str = "c") -> np.ndarray:
   symmetric root of the Gaussian OT map's matrix, its shift, and the same for the inverse map
   (``2 d^2 + 2 d`` numbers). A conditional network whose base is affine in its context can
   then reproduce every pair's Gaussian map exactly, new pairs included."""
-  from neural_ot import gaussian  # pylint: disable=import-outside-toplevel
   x = _validation.check_points(source, f"{name}[0] (source samples)")
   y = _validation.check_points(target, f"{name}[1] (target samples)")
   if x.shape[1] != y.shape[1] or x.shape[0] < 2 or y.shape[0] < 2:
@@ -265,7 +264,6 @@ class ConditionalW2Map:
     prediction is already close; a full rate would first move it away). Other keywords go to
     :func:`neural_ot.fit_w2` (``max_seconds``, ``batch_size``, ``learning_rate``, ...).
     """
-    from neural_ot.w2.fit import fit_w2  # pylint: disable=import-outside-toplevel
     fit_options.setdefault("learning_rate", self.trainer.learning_rate / 5)
     fit_options.setdefault("warmup_steps", 10)
     fit_options.setdefault("progress", False)
@@ -273,40 +271,26 @@ class ConditionalW2Map:
 
   def save(self, path: str) -> None:
     """Write the map to one file (atomic); read it back with :func:`neural_ot.load_map`."""
-    meta = {"format": FORMAT, "trainer": as_config(self.trainer), "dim": self.dim,
+    meta = {"format": io.CONDITIONAL_MAP_FORMAT, "trainer": as_config(self.trainer), "dim": self.dim,
             "contexts": self.contexts.to_json(), "history": list(self.history)}
-    io.save_atomic(path, {"format": FORMAT, "meta": json.dumps(meta),
+    io.save_atomic(path, {"format": io.CONDITIONAL_MAP_FORMAT, "meta": json.dumps(meta),
                           "frame": {k: np.asarray(v) for k, v in self.frame._asdict().items()},
                           "params": jax.tree.map(np.asarray, self.params)})
 
 
 def load_conditional_map(path: str, raw: dict | None = None) -> ConditionalW2Map:
-  """Load a map written by :meth:`ConditionalW2Map.save` (also reached by
-  :func:`neural_ot.load_map`)."""
-  try:
-    raw = io.load(path) if raw is None else raw
-    meta = json.loads(raw["meta"])
-    if meta.get("format") != FORMAT:
-      raise KeyError("format")
-  except FileNotFoundError:
-    raise
-  except Exception as exc:
-    raise ValueError(f"load_map: {path!r} is not a neural_ot conditional map file.") from exc
+  """Load a map written by :meth:`ConditionalW2Map.save` (``raw``: the file's contents, already
+  read). :func:`neural_ot.load_map` reads any map file of the library."""
+  raw, meta = io.read_map_file(path, (io.CONDITIONAL_MAP_FORMAT,)) if raw is None else (
+      raw, json.loads(raw["meta"]))
   try:
     trainer = W2Trainer(**meta["trainer"])
     params = jax.tree.map(jnp.asarray, raw["params"])
     mp = ConditionalW2Map(trainer, params, int(meta["dim"]), Contexts.from_json(meta["contexts"]),
                           Frame(**raw["frame"]), tuple(meta["history"]))
-    zero = jnp.zeros((mp.dim,), mp.dtype)
-    want = jax.eval_shape(lambda: trainer.init_params(jax.random.PRNGKey(0), mp.dim, zero.dtype))
-    shapes = lambda t: [tuple(np.shape(v)) for v in jax.tree.leaves(t)]
-    if (not trainer.conditional or trainer.context_dim != mp.contexts.dim
-        or jax.tree.structure(want) != jax.tree.structure(params)
-        or shapes(want) != shapes(params)):
+    if not trainer.conditional or trainer.context_dim != mp.contexts.dim:
       raise ValueError("parameters do not match the recorded network")
-    for leaf in jax.tree.leaves(params) + [np.asarray(v) for v in mp.frame]:
-      if not np.all(np.isfinite(np.asarray(leaf, np.float64))):
-        raise ValueError("non-finite parameters")
+    io.check_map_contents(trainer, params, mp.dim, mp.frame)
   except Exception as exc:
     raise ValueError(f"load_map: {path!r} is a damaged neural_ot conditional map file "
                      f"({exc}).") from exc

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from neural_ot.geometry import costs as costs_lib
+from neural_ot.sharding import check_mesh_axis
 
 __all__ = ["PointCloud", "ONLINE_AUTO_THRESHOLD"]
 
@@ -42,11 +43,6 @@ ONLINE_AUTO_THRESHOLD = 4096 * 4096
 
 # Default online block: rows of the kept axis x columns of the reduced axis.
 DEFAULT_TILE_SIZE = (256, 2048)
-
-# Private switch for benchmarks/sinkhorn.py --online-scan: the previous online scheme
-# (tile_rows of the kept axis against the whole reduced axis). Read at trace time.
-_LEGACY_WHOLE_AXIS_TILES = False
-
 
 def tile_shape(tile_size) -> tuple[int, int | None]:
   """Normalise ``tile_size``: ``None`` (default), an int ``t`` (``t x t`` blocks) or a
@@ -235,8 +231,6 @@ class PointCloud:
     if not self.online and kind != "lse":
       return block(self.cost_matrix, u, v)
 
-    if _LEGACY_WHOLE_AXIS_TILES:  # the previous scheme, kept for benchmarks/sinkhorn.py only
-      return self._reduce_whole_axis_tiles(u, v, eps, axis, block)
     return self._reduce_blocked(u, v, eps, axis, kind, vec)
 
   def _reduce_blocked(self, u, v, eps, axis, kind, vec):
@@ -333,29 +327,6 @@ class PointCloud:
     out = jax.lax.map(jax.checkpoint(row_tile, prevent_cse=False), (pts, pot))
     return out.reshape((nb * tr,) + out.shape[2:])[:k]
 
-  def _reduce_whole_axis_tiles(self, u, v, eps, axis, block):
-    """The pre-blocking online scheme: ``tile_rows`` of the kept axis against the whole
-    reduced axis (its speed collapses past ~20k points). Benchmarks only."""
-    if axis == 1:
-      keep_pts, keep_pot, red_pts, red_pot = self.x, u, self.y, v
-    else:
-      keep_pts, keep_pot, red_pts, red_pot = self.y, v, self.x, u
-    k = keep_pts.shape[0]
-    t = min(self.tile_rows, k)
-    nb = math.ceil(k / t)
-    pad = nb * t - k
-    pts = jnp.pad(keep_pts, ((0, pad), (0, 0))).reshape(nb, t, -1)
-    pot = jnp.pad(keep_pot, (0, pad)).reshape(nb, t)
-
-    @jax.checkpoint
-    def tile(args):
-      p, q = args
-      if axis == 1:
-        return block(self.cost.pairwise(p, red_pts), q, red_pot)
-      return block(self.cost.pairwise(red_pts, p), red_pot, q)
-
-    out = jax.lax.map(tile, (pts, pot))
-    return out.reshape((nb * t,) + out.shape[2:])[:k]
 
   def _sharded_reduce(self, u, v, eps, axis: int, kind: str, vec):
     """``_reduce`` over a device mesh: kept blocks stay, reduced blocks go round a ring."""
@@ -411,18 +382,3 @@ class PointCloud:
   def plan_cost_rows(self, u, v, eps):
     """``sum_j P_ij C_ij`` for each row ``i``."""
     return self._reduce(u, v, eps, 1, "wcost")
-
-
-def check_mesh_axis(mesh, axis_name: str | None) -> str:
-  """The mesh axis to shard points along: ``axis_name``, or the mesh's only axis."""
-  if not isinstance(mesh, Mesh):
-    raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
-  if axis_name is None:
-    if len(mesh.axis_names) != 1:
-      raise ValueError(f"`axis_name` is required for a mesh with several axes "
-                       f"{tuple(mesh.axis_names)}.")
-    return mesh.axis_names[0]
-  if axis_name not in mesh.axis_names:
-    raise ValueError(f"`axis_name` must be one of the mesh axes {tuple(mesh.axis_names)}, "
-                     f"got {axis_name!r}.")
-  return axis_name

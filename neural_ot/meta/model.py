@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -21,6 +20,7 @@ import numpy as np
 import optax
 
 from neural_ot import _validation, io, train
+from neural_ot.gaussian import gaussian_map
 from neural_ot.geometry import PointCloud, SqEuclidean
 from neural_ot.sinkhorn import Sinkhorn, dual_objective
 from neural_ot.train import TrainState, cosine_schedule
@@ -86,8 +86,6 @@ def dual_value(f, a, b, geom, eps):
 def gaussian_init(x, a, b):
   """Baseline ``f`` from the OT map ``A x + c`` between the moment-matched Gaussians:
   ``f(x) = |x|^2 - x^T A x - 2 c.x`` (for the cost ``|x - y|^2``)."""
-  from neural_ot.gaussian import gaussian_map
-
   x = jnp.asarray(x)
   def mom(w):
     m = w @ x
@@ -264,12 +262,8 @@ def _probe_pairs(pairs, n: int, k: int = 2):
   return out[0], out[1]
 
 
-def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
-             batch_size: int = 64, learning_rate: float = 1e-3, hidden=(1024, 1024),
-             base: str = "gaussian", seed: int = 0, log_every: int = 100,
-             max_seconds: float | None = None, checkpoint_dir: str | None = None,
-             checkpoint_every: int = 500, resume: bool = True, progress: bool = True,
-             callback: Callable | None = None) -> MetaOT:
+def fit_meta(pairs: Callable, support, epsilon: float, *, learning_rate: float = 1e-3,
+             hidden=(1024, 1024), base: str = "gaussian", **options) -> MetaOT:
   """Train a Meta OT model by maximising the entropic dual over sampled problems.
 
   Runs on the shared training loop (:func:`neural_ot.train.run`): divergence guard,
@@ -278,10 +272,14 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
   Args:
     pairs: ``pairs(key, k) -> (a, b)``, each ``(k, n)`` histograms on ``support`` (jit-able).
     support: ``(n, d)`` points. epsilon: absolute regularisation (> 0).
-    steps, batch_size, learning_rate, hidden, seed: training settings (Adam, cosine decay).
+    learning_rate, hidden: training settings (Adam, cosine decay).
     base: ``"gaussian"`` (predict a correction to the Gaussian initializer) or ``"zeros"``.
-    max_seconds, checkpoint_dir, checkpoint_every, resume, progress, log_every, callback: as
-      in :func:`neural_ot.fit_w2`.
+    **options: the options every fit shares (:class:`neural_ot.train.FitOptions`):
+      ``steps`` (default 2000), ``batch_size`` (default 64), ``seed``, ``max_seconds``,
+      ``checkpoint_dir``, ``checkpoint_every``, ``resume``, ``progress``, ``log_every``,
+      ``callback``, ``eval_fn(model, step)``, ``eval_every``, ``eval_seconds``,
+      ``max_param_norm`` (float32 on one device: ``dtype``, ``mesh`` and ``axis_name`` are
+      refused).
 
   Example:
     >>> import jax
@@ -298,13 +296,12 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
   if not cost_max < float(np.finfo(np.float32).max):
     raise ValueError(f"fit_meta: `support` is too spread out: its squared diameter "
                      f"{cost_max:.3g} overflows float32.")
-  for name, val in (("steps", steps), ("batch_size", batch_size)):
-    if not (_validation.is_int(val) and val >= 1):
-      raise ValueError(f"fit_meta: `{name}` must be an int >= 1, got {val!r}.")
-  steps, batch_size = int(steps), int(batch_size)  # numpy ints do not go into JSON
-  if not (_validation.is_int(seed) and 0 <= seed < 2 ** 32):
-    raise ValueError(f"fit_meta: `seed` must be an int in [0, 2**32), got {seed!r}.")
-  seed = int(seed)
+  opts, unknown = train.FitOptions.from_kwargs(
+      "fit_meta", options, default_steps=2000, unsupported=("dtype", "mesh", "axis_name"),
+      steps=2000, batch_size=64)
+  if unknown:
+    raise TypeError(f"fit_meta: unknown option(s) {sorted(unknown)}.")
+  steps, batch_size, seed = opts.steps, opts.batch_size, opts.seed
   if base not in ("gaussian", "zeros"):
     raise ValueError(f"fit_meta: `base` must be 'gaussian' or 'zeros', got {base!r}.")
   try:
@@ -327,9 +324,6 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
     raise ValueError(f"fit_meta: `learning_rate` must be a finite number > 0, got "
                      f"{learning_rate!r}.")
   _validation.check_widths("fit_meta", "hidden", hidden)
-  if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-    raise TypeError(f"fit_meta: `checkpoint_dir` must be a path or None, got "
-                    f"{type(checkpoint_dir).__name__}.")
   n = support.shape[0]
   a0, b0 = _probe_pairs(pairs, n)  # what the fingerprint and the initialisation see
   if batch_size != 2:
@@ -340,17 +334,17 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, steps: int = 2000,
   k_init, k_data = jax.random.split(key)
   state = trainer.init_state(k_init, jnp.asarray(a0[0], jnp.float32),
                              jnp.asarray(b0[0], jnp.float32), steps)
-  fingerprint = json.dumps({"trainer": dataclasses.asdict(trainer), "steps": steps,
-                            "batch_size": batch_size, "seed": seed,
-                            "support": train.data_fingerprint(support),
-                            "pairs": getattr(pairs, "__qualname__", type(pairs).__name__) + " "
-                                     + train.data_fingerprint(a0, b0)}, sort_keys=True)
-  state, history = train.run(
-      trainer, state, _PairsSampler(pairs, int(batch_size)), {"support": support}, k_data,
-      steps=steps, max_seconds=max_seconds,
-      checkpoint_path=os.path.join(checkpoint_dir, "checkpoint.msgpack") if checkpoint_dir
-      else None, fingerprint=fingerprint, resume=resume, checkpoint_every=checkpoint_every,
-      log_every=log_every, progress=progress, name="fit_meta", show=("dual",), callback=callback,
+  fingerprint = opts.fingerprint(
+      dataclasses.asdict(trainer), support=train.data_fingerprint(support),
+      pairs=getattr(pairs, "__qualname__", type(pairs).__name__) + " "
+      + train.data_fingerprint(a0, b0))
+
+  def make_model(st, history=()):
+    return MetaOT(support, trainer.epsilon, trainer.hidden, st.params, tuple(history), base)
+
+  state, history = train.run_fit(
+      "fit_meta", opts, trainer, state, _PairsSampler(pairs, batch_size), {"support": support},
+      k_data, fingerprint=fingerprint, make_result=make_model, show=("dual",),
       advice="Lower `learning_rate` or raise `epsilon`")
-  history = [{"step": h["step"], "dual": h["dual"]} for h in history if "dual" in h]
-  return MetaOT(support, trainer.epsilon, trainer.hidden, state.params, tuple(history), base)
+  return make_model(state, [{"step": h["step"], "dual": h["dual"]} for h in history
+                            if "dual" in h])

@@ -12,6 +12,7 @@ optimistix ``adjoint=``.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +73,6 @@ def from_legacy(options: dict, caller: str) -> dict:
             if k in options}
   if not legacy:
     return options
-  import warnings  # pylint: disable=import-outside-toplevel
   if "adjoint" in options:
     raise TypeError(f"{caller}: pass `adjoint` or the deprecated {sorted(legacy)}, not both.")
   implicit = legacy.get("implicit_diff", True)

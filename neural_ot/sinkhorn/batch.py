@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from neural_ot import _validation
-from neural_ot.geometry.pointcloud import check_mesh_axis
+from neural_ot.sharding import check_mesh_axis
 from neural_ot.sinkhorn.output import SinkhornOutput
 from neural_ot.sinkhorn.solver import make_solver, solve_points
 
@@ -39,7 +40,6 @@ def _solve_many(solver, x, y, a, b, eps):
 def _entry(solver, mesh, axis_name, x, y, a, b, eps):
   if mesh is None:
     return _solve_many(solver, x, y, a, b, eps)
-  from jax.sharding import PartitionSpec  # pylint: disable=import-outside-toplevel
   batch = x.shape[0]
   ndev = mesh.shape[axis_name]
   pad = (-batch) % ndev

@@ -28,10 +28,11 @@ import jax.numpy as jnp
 
 from jax.sharding import NamedSharding, PartitionSpec
 
-from neural_ot import _ott, _validation
+from neural_ot import _ott, _validation, tracing
 from neural_ot import sharding as sharding_lib
 from neural_ot.geometry import costs as costs_lib
-from neural_ot.geometry.pointcloud import PointCloud, check_mesh_axis
+from neural_ot.geometry.pointcloud import PointCloud, tile_shape
+from neural_ot.sharding import check_mesh_axis
 from neural_ot.sinkhorn import adjoint as adjoint_lib
 from neural_ot.sinkhorn.adjoint import ImplicitDiff, Unrolled
 from neural_ot.sinkhorn.output import SinkhornOutput, fold
@@ -210,6 +211,7 @@ class Sinkhorn:
 
   def __post_init__(self):
     _validation.check_config(self)
+    tile_shape(self.tile_size)  # None, an int or a (rows, cols) pair; raises naming `tile_size`
     adjoint_lib.check_adjoint(self.adjoint)
     object.__setattr__(self, "cost", _as_cost(self.cost))
     if self.mesh is not None:
@@ -497,6 +499,7 @@ def solve_points(solver: Sinkhorn, x, y, a, b, epsilon, init=None) -> SinkhornOu
   caller's point counts: ``f: (n,)``, ``g: (m,)`` (the geometry keeps its padding, which
   the output's methods handle).
   """
+  tracing.traced("sinkhorn")
   n, m = x.shape[0], y.shape[0]
   geom, a, b, px, py = solver.geometry(x, y, a, b)
   if init is not None and (px or py):

@@ -32,8 +32,17 @@ __all__ = ["FitDiagnostics", "heldout_dual_terms", "inactive_units", "diagnose"]
 # value, whichever is larger) ...
 _STALL_SE = 3.0
 _STALL_REL = 1e-4
-# ... or when at least this share of its hidden units is inactive.
+# ... or when at least this share of its hidden units is inactive, or this share of one layer's
+# (every path from the input to the output of an MLP crosses each layer: one dead layer freezes
+# the network before it; measured, the stalls at D = 48 and at D = 2 with a rate of 1.0 had the
+# last layer 100 % inactive and the others below 20 %).
 INACTIVE_FLAG = 0.5
+LAYER_FLAG = 0.9
+
+
+def cut_off(share: float, by_layer) -> bool:
+  """Whether the potential's network is (mostly) cut off by inactive units."""
+  return share >= INACTIVE_FLAG or max(by_layer, default=0.0) >= LAYER_FLAG
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +149,8 @@ def diagnose(trainer, params, start_params, x, y, choice=None) -> FitDiagnostics
     notes.append(f"the held-out dual ended no better than the Gaussian start's (gain {gain:.3g}, "
                  f"standard error {se:.3g}): the map is (close to) the Gaussian map between "
                  f"the measures' moments")
-  if share >= INACTIVE_FLAG:
+  leaky = trainer.potential == "mlp" and trainer.leak > 0  # its units pass gradient back
+  if cut_off(share, per) and not leaky:
     notes.append(f"{100 * share:.0f} % of the potential's hidden units are inactive (no "
                  f"curvature on 99 % of held-out samples; by layer "
                  + ", ".join(f"{100 * v:.0f} %" for v in per) + ")")

@@ -214,79 +214,6 @@ def _prepare(data, name: str, dtype, rng, seed):
   return None, rest, rest[:_N_MOMENTS], held, tag
 
 
-def _check_options(who: str, options: dict, exclude=frozenset()) -> None:
-  """Names and types/ranges of :class:`W2Trainer` options, read from the type of each field's
-  default (the trainer checks the allowed strings and the tighter ranges): a bad value is a
-  ``TypeError``/``ValueError`` naming it, not a failure deep inside flax or the schedule."""
-  fields = {f.name for f in dataclasses.fields(W2Trainer)} - set(exclude)
-  unknown = sorted(set(options) - fields)
-  if unknown:
-    raise TypeError(f"{who}: unknown option(s) {unknown}; valid options are {sorted(fields)} "
-                    f"and the keyword arguments of {who}.")
-  defaults = {f.name: f.default for f in dataclasses.fields(W2Trainer)}
-  for name, val in options.items():
-    default = defaults.get(name)
-    if isinstance(default, str) and not isinstance(val, str):
-      raise TypeError(f"{who}: `{name}` must be a string, got {val!r}.")
-    if isinstance(default, tuple):  # layer widths
-      check_widths(who, name, val)
-    elif isinstance(default, int) and not isinstance(default, bool):
-      if not (is_int(val) and val >= 0):
-        raise ValueError(f"{who}: `{name}` must be an int >= 0, got {val!r}.")
-    elif isinstance(default, float):
-      if not (isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(
-          val, (bool, np.bool_))):
-        raise TypeError(f"{who}: `{name}` must be a real number, got {val!r}.")
-      if not (np.isfinite(val) and val >= 0):
-        raise ValueError(f"{who}: `{name}` must be finite and >= 0, got {val!r}.")
-
-
-def validate_fit_arguments(who: str, options: dict, *, steps, max_seconds, batch_size, seed,
-                           standardize, resume, checkpoint_dir, checkpoint_every, log_every,
-                           eval_fn, dtype, exclude_options=frozenset()):
-  """The checks shared by the ``fit_*`` functions (``who`` names the caller in messages):
-  trainer ``options``, counts, seed, budget, flags, paths, callables and dtype.
-
-  Returns:
-    ``(steps, batch_size, seed, dtype)`` normalised: Python ints (numpy ints would not go into
-    a checkpoint's JSON fingerprint), ``steps`` 4000 when neither it nor ``max_seconds`` is
-    given, and a numpy float dtype (float32, or float64 under x64, by default).
-  """
-  _check_options(who, options, exclude_options)
-  if steps is None and max_seconds is None:
-    steps = 4000
-  for name, val in (("steps", steps), ("batch_size", batch_size),
-                    ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-    if val is not None and not (is_int(val) and val >= 1):
-      raise ValueError(f"{who}: `{name}` must be an int >= 1, got {val!r}.")
-  steps = None if steps is None else int(steps)
-  batch_size = None if batch_size is None else int(batch_size)
-  if not (is_int(seed) and 0 <= seed < 2 ** 32):
-    raise ValueError(f"{who}: `seed` must be an int in [0, 2**32), got {seed!r}.")
-  if max_seconds is not None and not (isinstance(max_seconds, (int, float, np.integer,
-                                                               np.floating)) and not isinstance(
-      max_seconds, (bool, np.bool_)) and 0 < max_seconds < float("inf")):
-    raise ValueError(f"{who}: `max_seconds` must be a number > 0 (finite), got {max_seconds!r}.")
-  for name, val in (("standardize", standardize), ("resume", resume)):
-    if not isinstance(val, (bool, np.bool_)):
-      raise TypeError(f"{who}: `{name}` must be True or False, got {val!r}.")
-  if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-    raise TypeError(f"{who}: `checkpoint_dir` must be a path or None, got "
-                    f"{type(checkpoint_dir).__name__}.")
-  if eval_fn is not None and not callable(eval_fn):  # run() only sees a wrapper of it
-    raise TypeError(f"{who}: `eval_fn` must be callable or None, got {type(eval_fn).__name__}.")
-  if dtype is None:
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  try:
-    dtype = np.dtype(dtype)
-  except TypeError:
-    raise TypeError(f"{who}: `dtype` must be a float dtype, got {dtype!r}.") from None
-  # float16 and bfloat16 train to NaN at the first step (measured); ints cannot be trained.
-  if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-    raise ValueError(f"{who}: `dtype` must be float32 or float64, got {dtype}.")
-  return steps, batch_size, int(seed), dtype
-
-
 def training_rows(n: int) -> int:
   """How many of ``n`` array rows ``fit_w2`` trains on: it holds out ``min(4096, n // 5)``
   at random for the W2 estimate when ``n >= 50`` (fewer rows: none, the estimate is then
@@ -294,13 +221,7 @@ def training_rows(n: int) -> int:
   return n - (min(_N_HELD_OUT, n // 5) if n >= 50 else 0)
 
 
-def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | None = None,
-           batch_size: int | None = None, seed: int = 0, standardize: bool = True,
-           checkpoint_dir: str | None = None, checkpoint_every: int = 500, resume: bool = True,
-           eval_fn: Callable | None = None, eval_every: int = 0, eval_seconds: float = 0.0,
-           callback: Callable | None = None,
-           progress: bool = True, log_every: int = 100, max_param_norm: float = 1e6,
-           dtype=None, mesh=None, axis_name: str | None = None, init_map: W2Map | None = None,
+def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None = None,
            **options) -> W2Map:
   """Learn the W2 optimal map ``T = grad f`` from ``source`` to ``target``.
 
@@ -321,35 +242,18 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   Args:
     source, target: arrays ``(n, d)`` (numpy or jax; ``(n,)`` means ``d = 1``) or samplers
       ``sample(key, n) -> (n, d)`` (jit-able).
-    steps: optimizer steps (default 4000 when ``max_seconds`` is not given).
-    max_seconds: wall-clock budget (compile included). The schedule is fitted to the steps
-      that the budget buys, measured as training runs; with ``steps`` too, whichever ends first.
-    batch_size: samples per measure per step (default from :func:`default_options`).
-    seed: PRNG seed (initialisation, split and batches; step ``s`` uses ``fold_in(key, s)``,
-      so a resumed run draws the same batches as an uninterrupted one).
     standardize: learn at unit scale and compose back (see the module docstring).
-    checkpoint_dir: where ``checkpoint.msgpack`` is written (atomically) every
-      ``checkpoint_every`` steps, at the end, on interruption and on divergence (last good
-      state). With ``resume=True`` a checkpoint of the same settings and data is continued; one
-      of other settings or data is refused. A race (``potential="auto"``) also writes
-      ``race-mlp.msgpack``, ``race-icnn.msgpack`` and its result, ``race.json``, so a resumed
-      run does not race again.
-    eval_fn: ``eval_fn(map, step) -> dict`` called every ``eval_every`` steps and/or every
-      ``eval_seconds`` of training, and at the end; the results are kept in ``map.history``.
-    callback: ``callback(step, metrics)`` every ``log_every`` steps (metrics as floats).
-    progress: show progress on stderr every ``log_every`` steps.
-    log_every: metrics are fetched from the device (a host sync) only every ``log_every``
-      steps; the divergence guard still checks every step on the device.
-    max_param_norm: stop with :class:`TrainingDivergedError` beyond this parameter norm.
-    dtype: float dtype of training (default float32, or float64 under x64).
-    mesh: a :class:`jax.sharding.Mesh`: data-parallel training, each step's batch split over
-      the devices of ``axis_name`` (default: the mesh's only axis), parameters replicated.
-      ``batch_size`` must be a multiple of the number of devices.
     init_map: start from this map instead of a fresh initialisation (fine-tuning): its
       networks, parameters and standardisation are kept (``standardize`` is ignored);
       ``options`` may change the optimisation (learning rate, conjugate budget, ...) but not
       the networks.
-    **options: fields of :class:`W2Trainer` (potential, hidden, amortization, finetune,
+    **options: the options every fit shares (:class:`neural_ot.train.FitOptions`: ``steps``
+      (default 4000 when ``max_seconds`` is not given), ``max_seconds``, ``batch_size``
+      (default from :func:`default_options`), ``seed``, ``checkpoint_dir``,
+      ``checkpoint_every``, ``resume``, ``eval_fn(map, step)``, ``eval_every``,
+      ``eval_seconds``, ``callback``, ``progress``, ``log_every``, ``max_param_norm``,
+      ``dtype``, ``mesh``, ``axis_name``), and fields of :class:`W2Trainer` (potential,
+      hidden, amortization, finetune,
       finetune_iters, learning_rate, b1, b2, init, ...); unset ones come from
       :func:`default_options` (for each raced potential its own). ``potential`` is
       ``"auto"`` (default), ``"mlp"`` or ``"icnn"``.
@@ -368,10 +272,11 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
     >>> m.transport(x[:3]).shape
     (3, 2)
   """
-  steps, batch_size, seed, dtype = validate_fit_arguments(
-      "fit_w2", options, steps=steps, max_seconds=max_seconds, batch_size=batch_size, seed=seed,
-      standardize=standardize, resume=resume, checkpoint_dir=checkpoint_dir,
-      checkpoint_every=checkpoint_every, log_every=log_every, eval_fn=eval_fn, dtype=dtype)
+  opts, options = train.FitOptions.from_kwargs("fit_w2", options)
+  W2Trainer.check_options("fit_w2", options)
+  if not isinstance(standardize, (bool, np.bool_)):
+    raise TypeError(f"fit_w2: `standardize` must be True or False, got {standardize!r}.")
+  steps, max_seconds, seed, dtype = opts.steps, opts.max_seconds, opts.seed, opts.dtype
   rng = np.random.default_rng(seed)
   src_fn, src_arr, src_mom, src_held, src_tag = _prepare(source, "source", dtype, rng, seed)
   tgt_fn, tgt_arr, tgt_mom, tgt_held, tgt_tag = _prepare(target, "target", dtype, rng, seed)
@@ -395,8 +300,8 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   candidates = _RACE if race else (chosen,)
   defaults = {c: default_options(dim, n_min, c) for c in candidates}
   first = defaults[candidates[0]]
-  if batch_size is None:
-    batch_size = first["batch_size"]
+  batch_size = first["batch_size"] if opts.batch_size is None else opts.batch_size
+  opts = dataclasses.replace(opts, batch_size=batch_size)
   for arr, name in ((src_arr, "source"), (tgt_arr, "target")):
     if arr is not None and batch_size > arr.shape[0]:
       raise ValueError(f"fit_w2: `batch_size` ({batch_size}) is larger than `{name}`, which has "
@@ -416,6 +321,8 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   else:
     trainers = {c: W2Trainer(**{**{k: v for k, v in defaults[c].items() if k != "batch_size"},
                                 **options}) for c in candidates}
+    if race:
+      trainers[_RECOVERY] = dataclasses.replace(trainers["mlp"], leak=_RECOVERY_LEAK)
 
   if init_map is not None:
     frame = init_map.frame
@@ -434,7 +341,7 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
     return trainer.init_state(k_init, dim, horizon, *(use or (None, None)), dtype=dtype,
                               params=None if init_map is None else init_map.params)
 
-  sharding, placement = train.data_parallel(mesh, axis_name, int(batch_size), "fit_w2")
+  sharding, placement = train.data_parallel(opts.mesh, opts.axis_name, batch_size, "fit_w2")
   sampler = PairSampler(int(batch_size), src_fn, tgt_fn, dtype.name, sharding)
   data = {"frame": frame.astype(dtype)}
   if src_arr is not None:
@@ -445,29 +352,21 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   y_held = np.asarray(frame.to_target(tgt_held), dtype)
 
   def fingerprint(trainer):
-    return json.dumps({"trainer": as_config(trainer), "steps": steps,
-                       "batch_size": int(batch_size), "seed": seed, "dim": dim,
-                       "standardize": standardize, "source": src_tag, "target": tgt_tag,
-                       "dtype": dtype.name,
-                       "init_map": None if init_map is None else train.data_fingerprint(
-                           *jax.tree.leaves(init_map.params))},
-                      sort_keys=True)
+    return opts.fingerprint(
+        as_config(trainer), dim=dim, standardize=standardize, source=src_tag, target=tgt_tag,
+        init_map=None if init_map is None else train.data_fingerprint(
+            *jax.tree.leaves(init_map.params)))
 
   def make_map(trainer, st, history=()):
     return W2Map(trainer, st.params, dim, float("nan"), tuple(history), frame)
 
-  def ckpt(name):
-    return os.path.join(checkpoint_dir, name) if checkpoint_dir else None
+  ckpt = opts.checkpoint_path
 
   def train_part(trainer, state, **kw):
-    run_eval = None
-    if eval_fn is not None:
-      run_eval = lambda st, step: eval_fn(make_map(trainer, st), step)
-    return train.run(
-        trainer, state, sampler, data, k_data, fingerprint=fingerprint(trainer), resume=resume,
-        checkpoint_every=checkpoint_every, log_every=log_every, max_param_norm=max_param_norm,
-        eval_fn=run_eval, eval_every=eval_every, eval_seconds=eval_seconds, callback=callback,
-        progress=progress, name="fit_w2", show=("loss", "conj_iters"), placement=placement,
+    return train.run_fit(
+        "fit_w2", opts, trainer, state, sampler, data, k_data, fingerprint=fingerprint(trainer),
+        make_result=lambda st: make_map(trainer, st), show=("loss", "conj_iters"),
+        placement=placement,
         advice="Try a smaller `learning_rate`, `init='gaussian'` or standardised data", **kw)
 
   t0 = time.perf_counter()
@@ -476,23 +375,23 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
   if race:
     trainer, state, history, choice, race_states = _race(
         trainers, start, train_part, ckpt, fingerprint, x_held, y_held, steps, max_seconds,
-        resume, progress)
+        opts.resume, opts.progress)
     left = None if max_seconds is None else max(max_seconds - (time.perf_counter() - t0), 1e-3)
   else:
     trainer = next(iter(trainers.values()))
     state, left = start(trainer), max_seconds
   start_params = start(trainer).params if trainer.init == "gaussian" and init_map is None else None
-  if race and checkpoint_dir and resume and not os.path.isfile(ckpt(_CKPT)):
-    _copy_checkpoint(ckpt(f"race-{trainer.potential}.msgpack"), ckpt(_CKPT))
+  if race and opts.checkpoint_dir and opts.resume and not os.path.isfile(ckpt(_CKPT)):
+    _copy_checkpoint(ckpt(f"race-{choice['chosen']}.msgpack"), ckpt(_CKPT))
   if steps is None or int(state.step) < steps:
-    state, history = train_part(trainer, state, steps=steps, max_seconds=left,
-                                checkpoint_path=ckpt(_CKPT), history=history)
+    state, history = train_part(trainer, state, max_seconds=left, checkpoint=_CKPT,
+                                history=history)
   mp = make_map(trainer, state, history)
   diag = diagnostics.diagnose(trainer, mp.params, start_params, x_held, y_held, choice)
   if choice is not None:
     # A late stall (measured: an MLP that ran 79,000 steps at its peak rate ended at its start)
     # can leave the winner worse than a race candidate: return the lowest held-out dual seen.
-    others = {n: r for n, r in choice["candidates"].items() if n != trainer.potential
+    others = {n: r for n, r in choice["candidates"].items() if n != choice["chosen"]
               and n in race_states and r["dual"] < diag.dual_end}
     if others:
       name = min(others, key=lambda n: others[n]["dual"])
@@ -510,6 +409,12 @@ def fit_w2(source, target, *, steps: int | None = None, max_seconds: float | Non
 # The model race of potential="auto": each candidate trains for this share of the run (steps or
 # seconds) from the same Gaussian start, and the one with the lowest held-out dual goes on.
 _RACE = ("mlp", "icnn")
+# The restart of an MLP whose network was cut off in the race (the stall of issue 27: its last
+# hidden layer died at a high rate): leak=0.02 kept it learning at D = 48 and a rate of 2e-2
+# (1000 steps: forward L2-UVP 2.87 % against 6.68 % stalled), but costs 1.1-1.3x at equal steps
+# on healthy runs (Mix3toMix10 D = 8, ridges-gmm D = 32), so it is not the default.
+_RECOVERY = "mlp-leak"
+_RECOVERY_LEAK = 0.02
 _RACE_SHARE = 0.1
 _RACE_MIN_STEPS, _RACE_MIN_SECONDS = 2000, 60.0
 
@@ -525,7 +430,8 @@ def _race_worthwhile(steps, max_seconds) -> bool:
 def _race(trainers, start, train_part, ckpt, fingerprint, x_held, y_held, steps, max_seconds,
           resume, progress):
   """Train each candidate for ``_RACE_SHARE`` of the run and keep the one with the lowest
-  held-out dual (a candidate with most hidden units inactive is passed over). The result is
+  held-out dual (a candidate whose network is cut off by inactive units is passed over; an MLP
+  cut off is restarted once with ``leak``, whose units cannot die). The result is
   recorded in ``race.json`` beside the checkpoints, so a resumed run does not race again."""
   record = ckpt("race.json")
   key = hashlib.sha256("".join(fingerprint(t) for t in trainers.values()).encode()).hexdigest()
@@ -538,19 +444,21 @@ def _race(trainers, start, train_part, ckpt, fingerprint, x_held, y_held, steps,
   results, states, hists = {}, {}, {}
   if done is None:
     for name, trainer in trainers.items():
+      if name == _RECOVERY and not results.get("mlp", {}).get("cut_off"):
+        continue  # the restart runs only when the MLP's network was cut off
       if steps is not None:
         kw = dict(steps=max(int(steps * _RACE_SHARE), 1), max_seconds=None)
       else:
         kw = dict(steps=None, max_seconds=_RACE_SHARE * max_seconds,
-                  plan_seconds=(1.0 - _RACE_SHARE * (len(trainers) - 1)) * max_seconds)
-      state, hist = train_part(trainer, start(trainer), checkpoint_path=ckpt(
-          f"race-{name}.msgpack"), **kw)
+                  plan_seconds=(1.0 - _RACE_SHARE * (len(_RACE) - 1)) * max_seconds)
+      state, hist = train_part(trainer, start(trainer), checkpoint=f"race-{name}.msgpack", **kw)
       fx, fcy, _ = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)
-      share, _ = diagnostics.inactive_units(trainer, state.params["f"], x_held)
+      share, per = diagnostics.inactive_units(trainer, state.params["f"], x_held)
       results[name] = {"dual": float(jnp.mean(fx) + jnp.mean(fcy)), "inactive_share": share,
+                       "cut_off": diagnostics.cut_off(share, per) and not trainer.leak,
                        "steps": int(state.step)}
       states[name], hists[name] = state, hist
-    live = [n for n in results if results[n]["inactive_share"] < diagnostics.INACTIVE_FLAG]
+    live = [n for n in results if not results[n]["cut_off"]]
     best = min(live or list(results), key=lambda n: results[n]["dual"])
     done = {"candidates": results, "chosen": best}
     if record:

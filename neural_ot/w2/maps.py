@@ -15,10 +15,7 @@ from neural_ot import _validation, io
 from neural_ot.w2.diagnostics import FitDiagnostics
 from neural_ot.w2.trainer import W2Trainer, as_config
 
-__all__ = ["W2Map", "Frame", "load_map"]
-
-_FORMAT = "neural_ot.W2Map/1"
-_CONDITIONAL_FORMAT = "neural_ot.ConditionalW2Map/1"
+__all__ = ["W2Map", "Frame", "load_w2_map"]
 
 
 class Frame(NamedTuple):
@@ -157,11 +154,11 @@ class W2Map:
     return (x, iters) if return_iters else x
 
   def save(self, path: str) -> None:
-    """Write the map to one file (atomic); read it back with :func:`load_map`."""
-    meta = {"format": _FORMAT, "trainer": as_config(self.trainer), "dim": self.dim,
+    """Write the map to one file (atomic); read it back with :func:`neural_ot.load_map`."""
+    meta = {"format": io.W2_MAP_FORMAT, "trainer": as_config(self.trainer), "dim": self.dim,
             "w2": self.w2, "history": list(self.history),
             "diagnostics": None if self.diagnostics is None else self.diagnostics.as_dict()}
-    io.save_atomic(path, {"format": _FORMAT, "meta": json.dumps(meta),
+    io.save_atomic(path, {"format": io.W2_MAP_FORMAT, "meta": json.dumps(meta),
                           "frame": {k: np.asarray(v) for k, v in self.frame._asdict().items()},
                           "params": jax.tree.map(np.asarray, self.params)})
 
@@ -184,7 +181,7 @@ class W2Map:
       ``ott.problems.linear.potentials.DualPotentials`` with ``cost_fn=SqEuclidean()``;
       ``f`` and ``g`` take one point ``(d,)`` and return a scalar.
     """
-    from ott.geometry import costs  # pylint: disable=import-outside-toplevel
+    from ott.geometry import costs  # pylint: disable=import-outside-toplevel  (optional: ott-jax loads on use, it is slow to import)
     from ott.problems.linear import potentials  # pylint: disable=import-outside-toplevel
 
     fr = self.frame.astype(self.dtype)
@@ -205,21 +202,11 @@ class W2Map:
         cost_fn=costs.SqEuclidean())
 
 
-def load_map(path: str):
-  """Load a map written by :meth:`W2Map.save` (a :class:`W2Map`) or by
-  ``ConditionalW2Map.save`` (a :class:`neural_ot.conditional.ConditionalW2Map`)."""
-  try:
-    raw = io.load(path)
-    meta = json.loads(raw["meta"])
-    if meta.get("format") not in (_FORMAT, _CONDITIONAL_FORMAT):
-      raise KeyError("format")
-  except FileNotFoundError:
-    raise
-  except Exception as exc:  # msgpack, JSON or layout errors all mean "not a map file"
-    raise ValueError(f"load_map: {path!r} is not a neural_ot W2 map file.") from exc
-  if meta["format"] == _CONDITIONAL_FORMAT:
-    from neural_ot.conditional.maps import load_conditional_map  # pylint: disable=import-outside-toplevel
-    return load_conditional_map(path, raw)
+def load_w2_map(path: str, raw: dict | None = None) -> W2Map:
+  """Load a map written by :meth:`W2Map.save` (``raw``: the file's contents, already read).
+  :func:`neural_ot.load_map` reads any map file of the library."""
+  raw, meta = io.read_map_file(path, (io.W2_MAP_FORMAT,)) if raw is None else (
+      raw, json.loads(raw["meta"]))
   try:  # a damaged file (bit flips) can be valid msgpack with broken contents
     trainer = W2Trainer(**meta["trainer"])
     params = jax.tree.map(jnp.asarray, raw["params"])
@@ -229,24 +216,7 @@ def load_map(path: str):
       diag = FitDiagnostics(**{**diag, "inactive_by_layer": tuple(diag["inactive_by_layer"])})
     mp = W2Map(trainer, params, int(meta["dim"]), float(meta["w2"]), tuple(meta["history"]),
                frame, diag)
-    _check_contents(mp)
+    io.check_map_contents(trainer, params, mp.dim, mp.frame)
   except Exception as exc:
     raise ValueError(f"load_map: {path!r} is a damaged neural_ot W2 map file ({exc}).") from exc
   return mp
-
-
-def _check_contents(mp: W2Map) -> None:
-  """Parameters laid out as the trainer builds them, and finite numbers throughout."""
-  zero = jnp.zeros((mp.dim,), mp.dtype)
-  key = jax.random.PRNGKey(0)
-  want = jax.eval_shape(lambda: mp.trainer.init_params(key, mp.dim, zero.dtype))
-  got = jax.tree.map(lambda v: jax.ShapeDtypeStruct(np.shape(v), zero.dtype), mp.params)
-  shapes = lambda t: jax.tree.map(lambda v: tuple(v.shape), t)
-  if (jax.tree.structure(want) != jax.tree.structure(got)
-      or jax.tree.leaves(shapes(want)) != jax.tree.leaves(shapes(got))):
-    raise ValueError("parameters do not match the recorded network")
-  for leaf in jax.tree.leaves(mp.params) + [np.asarray(v) for v in mp.frame]:
-    if not np.all(np.isfinite(np.asarray(leaf, np.float64))):
-      raise ValueError("non-finite parameters")
-  if not (float(mp.frame.sx) > 0 and float(mp.frame.sy) > 0):
-    raise ValueError("non-positive frame scales")

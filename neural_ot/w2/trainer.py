@@ -156,6 +156,34 @@ class W2Trainer:
                        f"{self.batch_candidates!r}.")
     object.__setattr__(self, "batch_candidates", bool(self.batch_candidates))
 
+  @classmethod
+  def check_options(cls, who: str, options: dict, exclude=frozenset()) -> None:
+    """Names and types/ranges of trainer ``options`` a fit was given, read from the type of
+    each field's default (``__post_init__`` checks the allowed strings and tighter ranges): a
+    bad value is a ``TypeError``/``ValueError`` naming it, not a failure deep inside flax or
+    the schedule. ``potential`` may also be ``"auto"`` (the fit chooses)."""
+    fields = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    unknown = sorted(set(options) - fields)
+    if unknown:
+      raise TypeError(f"{who}: unknown option(s) {unknown}; valid options are {sorted(fields)} "
+                      f"and the keyword arguments of {who}.")
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, val in options.items():
+      default = defaults.get(name)
+      if isinstance(default, str) and not isinstance(val, str):
+        raise TypeError(f"{who}: `{name}` must be a string, got {val!r}.")
+      if isinstance(default, tuple):  # layer widths
+        check_widths(who, name, val)
+      elif isinstance(default, int) and not isinstance(default, bool):
+        if not (is_int(val) and val >= 0):
+          raise ValueError(f"{who}: `{name}` must be an int >= 0, got {val!r}.")
+      elif isinstance(default, float):
+        if not (isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(
+            val, (bool, np.bool_))):
+          raise TypeError(f"{who}: `{name}` must be a real number, got {val!r}.")
+        if not (np.isfinite(val) and val >= 0):
+          raise ValueError(f"{who}: `{name}` must be finite and >= 0, got {val!r}.")
+
   # -- networks ------------------------------------------------------------
 
   @property

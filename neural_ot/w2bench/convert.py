@@ -21,11 +21,14 @@ import json
 import os
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from neural_ot.w2bench.pairs import dense_icnn
 from neural_ot.w2bench.torch_pt import load_pt
 
-__all__ = ["input_mixture", "benchmark_constants", "convert_folder"]
+__all__ = ["input_mixture", "benchmark_constants", "convert_folder", "dense_icnn_shapes"]
 
 _STRONG_CONVEXITY = 1e-2  # what Mix3ToMix10Benchmark passes to DenseICNN (not in the files)
 _PT = re.compile(r"^([1-9]\d*)_(v1|v2)(_conj)?\.pt$")
@@ -119,11 +122,6 @@ def benchmark_constants(p1: dict, p2: dict, mixture: dict, n: int = 2 ** 16, see
     ...), each Monte-Carlo estimate ``k`` with its standard error ``k_se`` (delta method for
     ``scale``), and ``n_mc``, ``seed_mc``.
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
-  from neural_ot.w2bench.pairs import dense_icnn  # pylint: disable=import-outside-toplevel
-
   q1 = {k: jnp.asarray(v) for k, v in p1.items()}
   q2 = {k: jnp.asarray(v) for k, v in p2.items()}
   c = _STRONG_CONVEXITY
@@ -168,7 +166,9 @@ def benchmark_constants(p1: dict, p2: dict, mixture: dict, n: int = 2 ** 16, see
   return out
 
 
-def _dense_icnn_shapes(dim):
+def dense_icnn_shapes(dim: int) -> dict:
+  """``{parameter name: shape}`` of the benchmark's DenseICNN potential of dimension ``dim``
+  (torch layout), as the converter expects it."""
   h1, h3 = max(2 * dim, 64), max(dim, 32)
   hs = (h1, h1, h3)
   shapes = {}
@@ -182,7 +182,7 @@ def _dense_icnn_shapes(dim):
 
 
 def _check_potential(path, params, dim):
-  want = _dense_icnn_shapes(dim)
+  want = dense_icnn_shapes(dim)
   got = {k: tuple(v.shape) for k, v in params.items()}
   if got != want:
     diff = sorted(set(want.items()) ^ set(got.items()))[:3]

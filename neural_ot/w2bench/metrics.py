@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from neural_ot import gaussian
+
 __all__ = ["l2_uvp", "cos_similarity", "evaluate", "baselines"]
 
 
@@ -63,7 +65,6 @@ def baselines(pair) -> dict:
     wi, bi = np.asarray(e["linear_map_inv_weight"]), np.asarray(e["linear_map_inv_bias"])
     out["linear"] = (lambda x: x @ wf.T + bf, lambda y: y @ wi.T + bi)
   else:
-    from neural_ot import gaussian  # pylint: disable=import-outside-toplevel
     ms = gaussian.moments(pair.sample_source(key, 2 ** 14))
     mt = gaussian.moments(pair.sample_target(key, 2 ** 14))
     af, bf = gaussian.gaussian_map(*ms, *mt)

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
 
 import numpy as np
 
-__all__ = ["PtFileError", "load_pt", "convert_folder"]
+__all__ = ["PtFileError", "load_pt"]
 
 _STORAGES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
              "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
@@ -261,14 +261,3 @@ def load_pt(path: str, max_bytes: int = _MAX_BYTES) -> dict[str, np.ndarray]:
     raise PtFileError(f"load_pt: {path!r}: entry {bad[0]!r} is a {type(obj[bad[0]]).__name__}, "
                       f"not a tensor.")
   return {str(k): v for k, v in obj.items()}
-
-
-def convert_folder(src: str, dst: str, **kwargs) -> list[str]:
-  """Convert the benchmark's folder of ``.pt`` files into the layout ``load_pair`` reads.
-
-  The implementation is :func:`neural_ot.w2bench.convert.convert_folder` (potentials, the
-  input mixture regenerated from its seed, Monte-Carlo constants with standard errors, a
-  manifest); the name stays importable from here.
-  """
-  from neural_ot.w2bench.convert import convert_folder as convert  # pylint: disable=import-outside-toplevel
-  return convert(src, dst, **kwargs)
