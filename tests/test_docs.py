@@ -19,6 +19,8 @@ PAGES = {
     "sharding": "neural_ot.sharding", "gaussian": "neural_ot.gaussian", "io": "neural_ot.io",
     "potentials": "neural_ot.potentials", "conjugate": "neural_ot.conjugate",
     "data": "neural_ot.data", "conditional": "neural_ot.conditional",
+    "diagnostics": "neural_ot.w2.diagnostics", "mapfile": "neural_ot.mapfile",
+    "families": "neural_ot.w2bench.families", "tracing": "neural_ot.tracing",
 }
 
 

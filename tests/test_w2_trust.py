@@ -175,3 +175,19 @@ def test_diagnostics_survive_save_and_load(tmp_path):
   mp.save(str(tmp_path / "m.msgpack"))
   back = neural_ot.load_map(str(tmp_path / "m.msgpack"))
   assert back.diagnostics == mp.diagnostics
+
+
+@pytest.mark.slow
+def test_a_cut_off_mlp_is_restarted_with_leaky_units(monkeypatch):
+  """When the race finds the MLP's network cut off by inactive units (the stall), it restarts
+  the MLP once with leak=0.02 and may keep that restart; a leaky MLP is never disqualified
+  (its units pass gradient). Here every candidate without a leak is made to look cut off."""
+  monkeypatch.setattr(diagnostics, "cut_off", lambda share, per: True)
+  pair = family_pair("lse-box", 2)
+  mp = neural_ot.fit_w2(pair.sample_source, pair.sample_target, steps=2000, batch_size=64,
+                        **SMALL)
+  cands = mp.diagnostics.choice["candidates"]
+  assert set(cands) == {"mlp", "icnn", "mlp-leak"}
+  assert cands["mlp"]["cut_off"] and cands["icnn"]["cut_off"] and not cands["mlp-leak"]["cut_off"]
+  assert mp.diagnostics.choice["chosen"] == "mlp-leak"
+  assert mp.trainer.potential == "mlp" and mp.trainer.leak == 0.02

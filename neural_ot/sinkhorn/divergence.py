@@ -15,7 +15,7 @@ __all__ = ["sinkhorn_divergence"]
 def _divergence(solver: Sinkhorn, x, y, a, b, epsilon):
   if solver.relative_epsilon:  # one epsilon for all three: relative to the x-y mean cost
     gxy, ap, bp, _, _ = solver.geometry(x, y, a, b)
-    epsilon = epsilon * jax.lax.stop_gradient(gxy.mean_cost(ap, bp))
+    epsilon = solver.absolute_epsilon(gxy, ap, bp, epsilon)
   absolute = dataclasses.replace(solver, relative_epsilon=False)
   oxy = solve_points(absolute, x, y, a, b, epsilon)
   oxx = solve_points(absolute, x, x, a, a, epsilon)

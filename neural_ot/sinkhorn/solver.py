@@ -416,9 +416,7 @@ class Sinkhorn:
     b = b.astype(dtype)
     if self.balanced:
       a, b = _normalise(a), _normalise(b)
-    eps = jnp.asarray(epsilon, dtype)
-    if self.relative_epsilon:
-      eps = eps * jax.lax.stop_gradient(geom.mean_cost(a, b))
+    eps = self.absolute_epsilon(geom, a, b, jnp.asarray(epsilon, dtype))
     f0, g0 = (None, None) if init is None else init
     (f, g), st = self._solve_potentials(geom, a, b, eps, f0, g0)
     cost = dual_objective(geom, a, b, f, g, eps, self.rho_a, self.rho_b)
@@ -451,6 +449,14 @@ class Sinkhorn:
     x, y, a, b, epsilon, init = _validation.check_problem(
         x, y, a, b, epsilon, init, balanced=self.balanced)
     return _jitted_solve(solver, x, y, a, b, epsilon, init)
+
+  def absolute_epsilon(self, geom, a, b, epsilon):
+    """``epsilon`` as the solve uses it: times the weighted mean cost of ``geom`` (no gradient
+    through that scale) with ``relative_epsilon``, as given otherwise. The one place where a
+    relative epsilon is resolved (the divergence resolves it once, on the x-y problem)."""
+    if self.relative_epsilon:
+      return epsilon * jax.lax.stop_gradient(geom.mean_cost(a, b))
+    return epsilon
 
   def with_input_sharding(self, x) -> "Sinkhorn":
     """This solver, sharded like ``x`` if ``x`` is split along axis 0 by a NamedSharding."""

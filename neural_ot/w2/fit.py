@@ -1,4 +1,5 @@
-"""``fit_w2``: learn a Wasserstein-2 map from samples (a thin call of :func:`neural_ot.train.run`).
+"""``fit_w2``: learn a Wasserstein-2 map from samples (on the one fit driver,
+:func:`neural_ot.train.run_fit`).
 
 What ``fit_w2(source, target)`` does with no options:
 
@@ -9,11 +10,14 @@ What ``fit_w2(source, target)`` does with no options:
   scalings keep optimal maps optimal (``(T(s_x x + m_x) - m_y) / s_y`` is the gradient of a
   convex function whenever ``T`` is), so the map is learned at unit scale and composed back:
   :class:`W2Map` maps in the user's units;
-* picks the potential (a non-convex MLP in 4 to 64 dimensions, a convex ICNN otherwise), the
-  network widths, learning rate and conjugate budget from the dimension
-  (:func:`default_options`), starts ``grad f`` at the closed-form map between the
+* races a non-convex MLP potential against a convex ICNN for a tenth of the run each and
+  keeps the one with the lower held-out dual (``potential="auto"``; short runs take the
+  dimension's rule), with widths, learning rate and conjugate budget from the dimension
+  (:func:`default_options`); starts ``grad f`` at the closed-form map between the
   moment-matched Gaussians, and trains with a cosine schedule that fits ``steps`` or the
-  ``max_seconds`` budget.
+  ``max_seconds`` budget;
+* measures the result on held-out samples (:mod:`neural_ot.w2.diagnostics`) and warns when it
+  ended no better than its Gaussian start or with its network cut off by inactive units.
 """
 
 from __future__ import annotations
@@ -54,30 +58,22 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
   """The settings ``fit_w2`` uses for data of dimension ``dim`` (and ``n`` training rows).
 
   A function of the data's shape only, never of a benchmark file (the data are standardised
-  first, so scale does not enter). Every choice below was measured on 2 CPU cores, forward /
-  inverse L2-UVP on the Mix3toMix10 pairs and on ``w2bench.random_pair`` (known-map pairs that
-  are not in the benchmark files); the tables are in ``benchmarks/RESULTS.md``.
+  first, so scale does not enter). Each rule below names what it was chosen on; the tables are
+  in ``benchmarks/RESULTS.md`` (sections "W2 maps: the non-convex MLP potential" and "Maps a
+  user can trust", issue 27).
 
-  * Potential: the non-convex ``"mlp"`` for ``4 <= dim <= 64`` (:data:`MLP_DIMS`), the convex
-    ``"icnn"`` otherwise. Each with its own rate, the MLP was 1.3-4.6x better forward and
-    1.3-2.6x better inverse at D = 4 to 32 on every pair tried. At D = 40 to 64 (rate 1e-2), on
-    seven pairs, it was better inverse on all (1.1-2.2x) and forward on four (up to 2.2x; the
-    other three 1.08-1.37x worse); at D = 128 the two are mixed (MLP forward 1.1x worse,
-    inverse 1.4x better), so the ICNN keeps D > 64. At D = 2 the two tie, and the MLP's steps
-    were 1.25x slower on the README demo, so D <= 3 keeps the ICNN and its convexity guarantee.
+  * Potential, when not raced (``potential="auto"`` races the two on runs of >= 2000 steps or
+    60 s): the non-convex ``"mlp"`` for ``4 <= dim <= 64`` (:data:`MLP_DIMS`), the convex
+    ``"icnn"`` otherwise. Chosen on Mix3toMix10 and ``w2bench.random_pair``, D = 2 to 128.
   * Widths ``[2m, 2m, m]``, ``m = max(dim, 32)`` (the published setting: Amos 2023, Korotin
     2021).
-  * Learning rate: a cosine schedule from its peak to ``final_lr_fraction = 0.005`` of it
-    (``W2Trainer``'s own default is 0.05; the deeper decay was 1.1-2.3x better both ways at
-    equal steps at D = 2, 8, 16 and 32; at D = 4 even forward, better inverse). The peak is
-    5e-2 for the ICNN (within 1.3x of the best of 3e-2 to 1.5e-1 on every pair) and, for the
-    MLP, 2e-2 up to D = 32 (better than 3e-2 and 5e-2 at D = 8 and 16) and
-    ``min(1e-2, 0.64 / m)`` above (at 1.33e-2, two D = 48 runs of four stalled at the Gaussian
-    start; at 2e-2, D = 64 ended 1.3-7.6x worse forward than at 1e-2).
-    Data sets of fewer than 10,000 rows get less (from a fifth of the peak at n = 0, linear up
-    to n = 10,000), since a high rate overfits a small sample.
-  * Batch 256 (capped by ``n``); the conjugate: 10 L-BFGS steps to ``|grad| < 1e-3`` (5 steps
-    were 1.2-1.6x worse per step at D = 16 and 64).
+  * Learning rate: cosine decay from the peak to ``final_lr_fraction = 0.005`` of it. Peak
+    5e-2 for the ICNN; for the MLP 2e-2 up to D = 32 and ``min(1e-2, 0.64 / m)`` above (higher
+    rates stalled at the Gaussian start at D = 48). Fewer than 10,000 rows get less (a fifth
+    of the peak at n = 0, linear up to n = 10,000): a high rate overfits a small sample.
+  * The MLP's units are leaky (``leak=0.02``) from D = 17 to 32, where its 2e-2 rate killed
+    the last hidden layer in long runs (tune half of :mod:`neural_ot.w2bench.families`, D = 32).
+  * Batch 256 (capped by ``n``); the conjugate: 10 L-BFGS steps to ``|grad| < 1e-3``.
 
   Args:
     dim: dimension of the data, an int >= 1.
@@ -110,7 +106,11 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
   # samplers) the full peak.
   lr = peak if n is None or n >= 10000 else peak * (0.2 + 0.8 * n / 10000)
   batch = 256 if n is None else max(1, min(256, int(n)))
-  return dict(potential="mlp" if mlp else "icnn", hidden=(2 * m, 2 * m, m),
+  # Between 17 and 32 dimensions (the MLP's 2e-2 rate) the plain MLP's last hidden layer died in
+  # both races of the tune half's D = 32 runs (icnn-student, radial-subspace, 300 s): leaky units
+  # cannot die (W2Trainer.leak; RESULTS.md, issue 27).
+  leak = 0.02 if mlp and 16 < dim <= 32 else 0.0
+  return dict(potential="mlp" if mlp else "icnn", hidden=(2 * m, 2 * m, m), leak=leak,
               predictor_hidden=(2 * m, 2 * m), learning_rate=lr, final_lr_fraction=0.005,
               finetune_iters=10, finetune_tol=1e-3, batch_size=batch)
 
@@ -392,7 +392,7 @@ def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None =
     # A late stall (measured: an MLP that ran 79,000 steps at its peak rate ended at its start)
     # can leave the winner worse than a race candidate: return the lowest held-out dual seen.
     others = {n: r for n, r in choice["candidates"].items() if n != choice["chosen"]
-              and n in race_states and r["dual"] < diag.dual_end}
+              and n in race_states and not r["cut_off"] and r["dual"] < diag.dual_end}
     if others:
       name = min(others, key=lambda n: others[n]["dual"])
       trainer, state = trainers[name], race_states[name][0]
