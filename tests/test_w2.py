@@ -166,7 +166,7 @@ def test_save_load_roundtrip_and_numpy_inputs(tmp_path):
   with pytest.raises(ValueError, match=r"`x` must have shape \(n, 2\)"):
     mp.transport(np.zeros((4, 3)))
   (tmp_path / "junk.msgpack").write_bytes(b"\x80")
-  with pytest.raises(ValueError, match="is not a neural_ot W2 map file"):
+  with pytest.raises(ValueError, match="is not a neural_ot W2 map"):
     load_map(str(tmp_path / "junk.msgpack"))
   with pytest.raises(FileNotFoundError):
     load_map(str(tmp_path / "missing.msgpack"))
@@ -186,7 +186,7 @@ def test_no_retrace_on_new_data_of_the_same_shape():
     (dict(batch_size=500), r"`batch_size` \(500\) is larger than `source`"),
     (dict(amortisation="cycle"), "unknown option"),
     (dict(amortization="nope"), "`amortization` must be one of"),
-    (dict(potential="resnet"), "`potential` must be one of"),
+    (dict(potential="resnet"), "`potential` must be .auto., .icnn. or .mlp."),
     (dict(steps=0), "`steps` must be an int >= 1"),
     (dict(source=np.zeros((2, 2, 2))), r"shape \(n, d\)"),
     (dict(source=lambda k, n: jnp.full((n, 2), jnp.inf)), "non-finite"),
@@ -331,7 +331,9 @@ def test_a_diverged_forward_map_is_flagged(monkeypatch):
   y = 0.5 * rng.normal(size=(2000, 2)) + 1.0
   small = dict(hidden=(8, 8), predictor_hidden=(8,), batch_size=64, progress=False)
   with warnings.catch_warnings():
-    warnings.simplefilter("error", RuntimeWarning)  # a sound map is not flagged
+    # a sound map is not flagged as diverged (these few steps may end at the Gaussian start,
+    # which the stall warning reports: not what this test is about)
+    warnings.filterwarnings("error", message=".*diverged", category=RuntimeWarning)
     mp = neural_ot.fit_w2(x, y, steps=20, potential="mlp", **small)
   assert 0.8 < fit_module.map_spread(mp, x, y) < 1.25
   # Blow up the network part of the potential: grad f leaves the target far behind.
