@@ -108,7 +108,9 @@ def _inactive(trainer, params_f, x):
 def inactive_units(trainer, params_f, x) -> tuple[float, tuple]:
   """``(share, per layer)`` of hidden units of the potential without curvature on at least
   99 % of the rows of ``x`` (standardised source samples ``(n, d)``). ReLU units (no
-  curvature anywhere) are not meaningful here."""
+  curvature anywhere) are not meaningful here; conditional networks give ``(nan, ())``."""
+  if trainer.context_dim:  # conditional networks (a fine-tuned prediction): not measured
+    return float("nan"), ()
   per = np.asarray(_inactive(trainer, params_f, jnp.asarray(x)), np.float64)
   widths = np.asarray(trainer.hidden, np.float64)
   return float(np.sum(per * widths) / np.sum(widths)), tuple(float(v) for v in per)
