@@ -92,14 +92,16 @@ def palette(img, k=1000):
 crops = [crop() for _ in range(80 if SMALL else 200)]
 pairs = [(palette(crops[rng.integers(len(crops))]), palette(crops[rng.integers(len(crops))]))
          for _ in range(60 if SMALL else 200)]
-colour_map = neural_ot.fit_conditional_w2(pairs, steps=1000 if SMALL else 4000, progress=False)
+colour_map = neural_ot.fit_conditional_w2(pairs, steps=1000 if SMALL else 4000, progress=False,
+                                         max_param_norm=1e9)
 colour_map"""),
 ("code", """src, tgt = crop(), crop()                    # a new pair of crops
 xs, ys = palette(src, 2000), palette(tgt, 2000)
 import time
 colour_map.predict((xs, ys))                 # the first call compiles the encoding
 t0 = time.perf_counter(); predicted = colour_map.predict((xs, ys)); t_pred = time.perf_counter() - t0
-tuned = colour_map.finetune(xs, ys, (xs, ys), steps=100 if SMALL else 300)
+tuned = colour_map.finetune(xs, ys, (xs, ys), steps=100 if SMALL else 300,
+                             max_param_norm=1e9)
 recolour = lambda m: np.clip(np.asarray(m.transport(src.reshape(-1, 3))).reshape(src.shape), 0, 1)
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
 for ax, im, title in zip(axes, [src, tgt, recolour(predicted), recolour(tuned)],
