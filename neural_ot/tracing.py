@@ -21,11 +21,13 @@ import collections
 
 __all__ = ["traced", "trace_count"]
 
+NAMES = ("sinkhorn", "train_step")  # what the library counts
 _COUNTS: collections.Counter = collections.Counter()
 
 
 def traced(name: str) -> None:
-  """Count one trace of ``name`` (call it in the body of a jitted function)."""
+  """Count one trace of ``name``, one of :data:`NAMES` (call it in the body of a jitted
+  function; it runs only while JAX traces)."""
   _COUNTS[name] += 1
 
 
@@ -33,4 +35,6 @@ def trace_count(name: str) -> int:
   """How many times ``name`` has been traced in this process: ``"sinkhorn"`` (the solve
   behind :func:`neural_ot.sinkhorn` and friends) or ``"train_step"`` (one guarded training
   step of every ``fit_*``)."""
+  if name not in NAMES:
+    raise ValueError(f"trace_count: `name` must be one of {list(NAMES)}, got {name!r}.")
   return _COUNTS[name]

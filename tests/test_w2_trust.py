@@ -191,3 +191,10 @@ def test_a_cut_off_mlp_is_restarted_with_leaky_units(monkeypatch):
   assert cands["mlp"]["cut_off"] and cands["icnn"]["cut_off"] and not cands["mlp-leak"]["cut_off"]
   assert mp.diagnostics.choice["chosen"] == "mlp-leak"
   assert mp.trainer.potential == "mlp" and mp.trainer.leak == 0.02
+
+
+def test_trace_count_names_what_it_counts():
+  from neural_ot.tracing import trace_count
+  assert trace_count("sinkhorn") >= 0
+  with pytest.raises(ValueError, match="`name` must be one of"):
+    trace_count("sinkhron")
