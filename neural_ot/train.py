@@ -268,15 +268,13 @@ def run_fit(who: str, opts: FitOptions, trainer, state: TrainState, sampler: Cal
   run_eval = None
   if opts.eval_fn is not None:
     run_eval = lambda st, step: opts.eval_fn(make(st), step)
-  return _loop(
-      trainer, state, sampler, data, key, steps=opts.steps if steps == "opts" else steps,
-      max_seconds=opts.max_seconds if max_seconds == "opts" else max_seconds,
-      checkpoint_path=opts.checkpoint_path(checkpoint), fingerprint=fingerprint,
-      resume=opts.resume, checkpoint_every=opts.checkpoint_every, log_every=opts.log_every,
-      max_param_norm=opts.max_param_norm, eval_fn=run_eval, eval_every=opts.eval_every,
-      eval_seconds=opts.eval_seconds, callback=opts.callback, progress=opts.progress, name=who,
-      show=show, advice=advice, placement=placement, plan_seconds=plan_seconds,
-      history=history)
+  part = dataclasses.replace(opts, steps=opts.steps if steps == "opts" else steps,
+                             max_seconds=opts.max_seconds if max_seconds == "opts" else
+                             max_seconds)
+  return _loop(trainer, state, sampler, data, key, part,
+               checkpoint_path=opts.checkpoint_path(checkpoint), fingerprint=fingerprint,
+               eval_fn=run_eval, name=who, show=show, advice=advice, placement=placement,
+               plan_seconds=plan_seconds, history=history)
 
 
 def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array, *,
@@ -318,24 +316,22 @@ def run(trainer, state: TrainState, sampler: Callable, data: Any, key: jax.Array
     raise ValueError(f"{name}: give `steps`, `max_seconds` or both.")
   # Checked here, once for every trainer: a bad value would otherwise surface steps later as
   # a ZeroDivisionError, a "diverged" run or an object that is not callable.
-  FitOptions(steps=steps, max_seconds=max_seconds, checkpoint_every=checkpoint_every,
-             log_every=log_every, eval_every=eval_every, eval_seconds=eval_seconds,
-             max_param_norm=max_param_norm, eval_fn=eval_fn, callback=callback,
-             resume=bool(resume), progress=bool(progress)).checked(name)
-  return _loop(trainer, state, sampler, data, key, steps=steps, max_seconds=max_seconds,
-               checkpoint_path=checkpoint_path, fingerprint=fingerprint, resume=resume,
-               checkpoint_every=checkpoint_every, log_every=log_every,
-               max_param_norm=max_param_norm, eval_fn=eval_fn, eval_every=eval_every,
-               eval_seconds=eval_seconds, callback=callback, progress=progress, name=name,
-               show=show, advice=advice, placement=placement, plan_seconds=plan_seconds,
-               history=history)
+  opts = FitOptions(steps=steps, max_seconds=max_seconds, checkpoint_every=checkpoint_every,
+                    log_every=log_every, eval_every=eval_every, eval_seconds=eval_seconds,
+                    max_param_norm=max_param_norm, eval_fn=eval_fn, callback=callback,
+                    resume=bool(resume), progress=bool(progress)).checked(name)
+  return _loop(trainer, state, sampler, data, key, opts, checkpoint_path=checkpoint_path,
+               fingerprint=fingerprint, eval_fn=eval_fn, name=name, show=show, advice=advice,
+               placement=placement, plan_seconds=plan_seconds, history=history)
 
 
-def _loop(trainer, state, sampler, data, key, *, steps, max_seconds, checkpoint_path,
-          fingerprint, resume, checkpoint_every, log_every, max_param_norm, eval_fn, eval_every,
-          eval_seconds, callback, progress, name, show, advice, placement, plan_seconds,
-          history):
-  """:func:`run` after its checks."""
+def _loop(trainer, state, sampler, data, key, opts: FitOptions, *, checkpoint_path,
+          fingerprint, eval_fn, name, show, advice, placement, plan_seconds, history):
+  """:func:`run` after its checks: every option of the run comes from the one checked
+  ``opts`` (``eval_fn`` takes the state; the fit's own ``opts.eval_fn`` is not called here)."""
+  steps, max_seconds, resume, progress = opts.steps, opts.max_seconds, opts.resume, opts.progress
+  log_every, eval_every, eval_seconds = opts.log_every, opts.eval_every, opts.eval_seconds
+  checkpoint_every, callback = opts.checkpoint_every, opts.callback
   if plan_seconds is not None and not (_is_real(plan_seconds) and plan_seconds > 0):
     raise ValueError(f"{name}: `plan_seconds` must be a number > 0, got {plan_seconds!r}.")
   t_start = time.perf_counter()
@@ -358,7 +354,7 @@ def _loop(trainer, state, sampler, data, key, *, steps, max_seconds, checkpoint_
   done = int(state.step)
   start = done
   t_first, eval_s, last_ckpt, next_eval = None, 0.0, done, float(eval_seconds or 0.0)
-  mpn = jnp.asarray(max_param_norm, jnp.float32)
+  mpn = jnp.asarray(opts.max_param_norm, jnp.float32)
   try:
     while done < limit:
       n = min(log_every - done % log_every, limit - done)

@@ -7,12 +7,13 @@ import pytest
 
 import neural_ot
 from neural_ot.meta import (c_transform, dual_value, fit_meta, gaussian_init,
-                            gaussian_mixture_histograms, geometry, grid, load_meta)
+                            gaussian_mixture_histograms, grid, load_meta,
+                            support_geometry)
 
 SIZE, EPS = 8, 0.01
 X = grid(SIZE)
 C = jnp.sum((X[:, None] - X[None]) ** 2, -1)
-GEOM = geometry(X)
+GEOM = support_geometry(X)
 
 
 def pairs(k, n):
@@ -150,3 +151,12 @@ def test_fit_meta_resumes_bit_identically_and_guards(tmp_path):
   with pytest.raises(TrainingDivergedError, match="fit_meta: training diverged"):
     fit_meta(pairs, X, EPS, steps=50, batch_size=8, hidden=(32,), progress=False,
              learning_rate=1e30)
+
+
+def test_deprecated_geometry_alias_warns_and_is_support_geometry():
+  import neural_ot.meta as meta
+  with pytest.warns(DeprecationWarning, match="support_geometry"):
+    alias = meta.geometry
+  assert alias is support_geometry
+  with pytest.raises(AttributeError, match="no_such_name"):
+    meta.no_such_name  # noqa: B018

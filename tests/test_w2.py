@@ -446,3 +446,16 @@ def test_fit_w2_picks_the_potential_from_the_dimension_unless_told():
   assert icnn.learning_rate == default_options(8, n, "icnn")["learning_rate"]
   assert icnn.learning_rate > default_options(8, n)["learning_rate"]
   assert fit(activation="softplus").potential == "icnn"  # an ICNN option
+
+
+def test_conditional_defaults_are_the_icnn_rules_at_a_lower_rate():
+  from neural_ot.w2 import default_options
+  for dim in (2, 8, 40):
+    for n in (None, 500, 20000):
+      plain, cond = default_options(dim, n, "icnn"), default_options(dim, n, conditional=True)
+      assert cond["potential"] == "icnn"
+      assert cond["learning_rate"] == min(plain["learning_rate"], 1e-2)
+      assert cond["final_lr_fraction"] == neural_ot.W2Trainer().final_lr_fraction
+      assert cond["hidden"] == plain["hidden"] and cond["batch_size"] == plain["batch_size"]
+  with pytest.raises(ValueError, match="conditional"):
+    default_options(8, potential="mlp", conditional=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 from neural_ot import gaussian, train
 from neural_ot.conditional.maps import ConditionalW2Map, Contexts, pair_features
-from neural_ot.w2.fit import default_options
+from neural_ot.w2.defaults import START_HORIZON, default_options
 from neural_ot.w2.maps import Frame
 from neural_ot._validation import is_int
 from neural_ot.w2.trainer import W2Trainer, as_config
@@ -152,7 +152,7 @@ def _from_mapping(data: Mapping, context: str, dtype):
   return contexts, keys, xs, ys
 
 
-def _pad(arrs):
+def _stack_padded(arrs):
   n_max = max(a.shape[0] for a in arrs)
   out = np.zeros((len(arrs), n_max, arrs[0].shape[1]), arrs[0].dtype)
   for i, a in enumerate(arrs):
@@ -287,14 +287,7 @@ def fit_conditional_w2(data, *, context: str = "auto", standardize: bool = True,
                     f"sequence of (source, target) pairs or a sampler "
                     f"`sample(key, n) -> (c, x, y)`, got {type(data).__name__}.")
 
-  defaults = default_options(dim, n_min, "icnn")  # conditional networks are ICNNs in x
-  # fit_w2's decay to 0.005 of the peak was measured on plain maps only; conditional fits keep
-  # W2Trainer's 0.05
-  defaults.pop("final_lr_fraction")
-  # A lower peak rate than one map's: on a Gaussian family (D = 4, 16 contexts) 1e-2 gave
-  # 5-10x lower forward L2-UVP on the training contexts than 5e-2 after 1000 steps, and
-  # lower held-out error than 3e-3 (benchmarks/conditional.py; notes of issue 15).
-  defaults["learning_rate"] = min(defaults["learning_rate"], 1e-2)
+  defaults = default_options(dim, n_min, conditional=True)  # the one table of defaults
   batch_default = defaults.pop("batch_size")
   batch_size = batch_default if opts.batch_size is None else opts.batch_size
   opts = dataclasses.replace(opts, batch_size=batch_size)
@@ -315,7 +308,7 @@ def fit_conditional_w2(data, *, context: str = "auto", standardize: bool = True,
                                 np.asarray(frame.to_target(y_probe)), trainer.strong_convexity)
   key = jax.random.PRNGKey(seed)
   k_init, k_data = jax.random.split(key)
-  horizon = steps if steps is not None else 1000
+  horizon = steps if steps is not None else START_HORIZON
   params = trainer.init_params(k_init, dim, dtype)
   if base is not None:
     params = {"f": trainer.f_module.from_base(params["f"], *base[0]),
@@ -327,7 +320,7 @@ def fit_conditional_w2(data, *, context: str = "auto", standardize: bool = True,
   sampler = ConditionSampler(batch_size, fn, dtype.name, sharding)
   arrays = {"frame": frame.astype(dtype)}
   if fn is None:
-    (xp, nx), (yp, ny) = _pad(xs), _pad(ys)
+    (xp, nx), (yp, ny) = _stack_padded(xs), _stack_padded(ys)
     arrays.update(x=jnp.asarray(xp), nx=jnp.asarray(nx), y=jnp.asarray(yp), ny=jnp.asarray(ny),
                   c=jnp.asarray(feats, dtype))
   else:

@@ -1,8 +1,21 @@
 """Meta OT: amortized Sinkhorn initialisation across problems on a fixed support."""
 
-from neural_ot.meta.data import digits_histograms, gaussian_mixture_histograms, grid
+import warnings
+
+from neural_ot.meta.histograms import digits_histograms, gaussian_mixture_histograms, grid
 from neural_ot.meta.model import (MetaOT, c_transform, dual_value, fit_meta, gaussian_init,
-                                  geometry, load_meta)
+                                  load_meta, support_geometry)
 
 __all__ = ["MetaOT", "c_transform", "digits_histograms", "dual_value", "fit_meta",
-           "gaussian_init", "gaussian_mixture_histograms", "geometry", "grid", "load_meta"]
+           "gaussian_init", "gaussian_mixture_histograms", "grid", "load_meta",
+           "support_geometry"]
+
+
+def __getattr__(name):
+  # Deprecated alias: ``neural_ot.meta.geometry`` clashed with the ``neural_ot.geometry``
+  # package; the function is now ``support_geometry``.
+  if name == "geometry":
+    warnings.warn("neural_ot.meta.geometry is deprecated; use neural_ot.meta.support_geometry.",
+                  DeprecationWarning, stacklevel=2)
+    return support_geometry
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

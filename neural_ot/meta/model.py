@@ -39,7 +39,7 @@ class _Net(nn.Module):
   def __call__(self, a, b):
     # The network reads log-weights: a zero bin (accepted by the input checks) would be
     # log 0 = -inf and NaN potentials and gradients, in prediction and in training. Floored
-    # below the 1e-6 floor of the training families (meta.data), positive inputs are unchanged;
+    # below the 1e-6 floor of the training families (meta.histograms), positive inputs are unchanged;
     # the c-transform and the dual keep the true weights (a zero bin carries no mass there).
     a, b = jnp.maximum(a, _NET_FLOOR), jnp.maximum(b, _NET_FLOOR)
     z = jnp.concatenate([jnp.log(a * self.n), jnp.log(b * b.shape[-1])], -1)
@@ -51,7 +51,7 @@ class _Net(nn.Module):
 _NET_FLOOR = 1e-7
 
 
-def geometry(support) -> PointCloud:
+def support_geometry(support) -> PointCloud:
   """The geometry of histograms on ``support: (n, d)``: cost ``|x_i - x_j|^2``, dense."""
   support = jnp.asarray(support)
   return PointCloud.create(support, support, SqEuclidean(), online=False)
@@ -60,7 +60,7 @@ def geometry(support) -> PointCloud:
 def _as_geometry(geom, caller):
   if not isinstance(geom, PointCloud):
     raise TypeError(f"{caller}: `geom` must be a neural_ot.PointCloud (e.g. "
-                    "neural_ot.meta.geometry(support)), got "
+                    "neural_ot.meta.support_geometry(support)), got "
                     f"{type(geom).__name__}{getattr(geom, 'shape', '')}.")
   return geom
 
@@ -160,7 +160,7 @@ def _potential(net, params, a, b, support, base):
 
 
 def _predict_impl(net, params, a, b, support, eps, base):
-  geom = geometry(support)
+  geom = support_geometry(support)
   def one(a, b):
     f = _potential(net, params, a, b, support, base)
     return f, c_transform(f, a, geom, eps)
@@ -202,7 +202,7 @@ class MetaTrainer:
 
   def step(self, state: TrainState, batch):
     a, b, support = batch
-    geom = geometry(support)
+    geom = support_geometry(support)
     loss_fn = lambda p: -jnp.mean(jax.vmap(lambda a, b: dual_value(
         _potential(self.net, p, a, b, support, self.base), a, b, geom, self.epsilon))(a, b))
     loss, grads = jax.value_and_grad(loss_fn)(state.params)

@@ -493,7 +493,7 @@ def _normalise(w):
   return w / jnp.where(total > 0, total, jnp.nan)
 
 
-def _pad(v, k):
+def _pad_rows(v, k):
   return v if v is None or k == 0 else jnp.concatenate([v, jnp.zeros((k,), v.dtype)])
 
 
@@ -509,7 +509,7 @@ def solve_points(solver: Sinkhorn, x, y, a, b, epsilon, init=None) -> SinkhornOu
   n, m = x.shape[0], y.shape[0]
   geom, a, b, px, py = solver.geometry(x, y, a, b)
   if init is not None and (px or py):
-    init = (_pad(init[0], px), _pad(init[1], py))
+    init = (_pad_rows(init[0], px), _pad_rows(init[1], py))
   out = solver.solve(geom, a, b, epsilon, init)
   if px or py:
     out = out._replace(f=out.f[:n], g=out.g[:m], a=out.a[:n], b=out.b[:m])

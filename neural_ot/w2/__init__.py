@@ -6,7 +6,8 @@ import warnings
 
 from neural_ot.gaussian import gaussian_map, gaussian_w2
 from neural_ot.train import TrainState, TrainingDivergedError
-from neural_ot.w2.fit import PairSampler, default_options, dual_w2, fit_w2, training_rows
+from neural_ot.w2.defaults import default_options
+from neural_ot.w2.fit import PairSampler, dual_w2, fit_w2, training_rows
 from neural_ot.w2.maps import Frame, W2Map, load_w2_map
 from neural_ot.w2.trainer import W2Trainer
 

@@ -116,17 +116,21 @@ def inactive_units(trainer, params_f, x) -> tuple[float, tuple]:
   return float(np.sum(per * widths) / np.sum(widths)), tuple(float(v) for v in per)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def heldout_dual_terms(trainer, params, x, y):
-  """Per-sample ``f(x_i)`` and ``f*(y_j)`` (local solve or best ``x_i``, the larger) and the
-  local solve's residuals ``|grad f(x*) - y_j|``, all in standardised units."""
+@functools.partial(jax.jit, static_argnames=("trainer", "discrete"))
+def heldout_dual_terms(trainer, params, x, y, discrete: bool = True):
+  """Per-sample ``f(x_i)`` and ``f*(y_j)`` and the local solve's residuals
+  ``|grad f(x*) - y_j|``, all in standardised units. ``f*(y_j)`` is the local solve (L-BFGS to
+  ``|grad| < 1e-5`` from the predictor's argmax) or, with ``discrete``, the larger of it and
+  the best ``x_i``."""
   f = trainer.potential_fn(params["f"])
   solver = dataclasses.replace(trainer.solver, tol=1e-5, max_iters=100)
   res = solver(f, y, trainer.predict(params["g"], y))
   fx = jax.vmap(f)(x)
+  if not discrete:
+    return fx, res.value, res.grad_norm
   local = jnp.sum(res.x * y, -1) - jax.vmap(f)(res.x)
-  discrete = jax.lax.map(lambda yj: jnp.max(x @ yj - fx), y, batch_size=256)
-  return fx, jnp.maximum(local, discrete), res.grad_norm
+  best = jax.lax.map(lambda yj: jnp.max(x @ yj - fx), y, batch_size=256)
+  return fx, jnp.maximum(local, best), res.grad_norm
 
 
 def diagnose(trainer, params, start_params, x, y, choice=None) -> FitDiagnostics:

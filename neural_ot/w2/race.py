@@ -1,0 +1,127 @@
+"""The model race of ``fit_w2(potential="auto")``: which potential fits *these* data.
+
+On the known-map families of :mod:`neural_ot.w2bench.families` the convex ICNN was 3x better
+than the non-convex MLP on one family and 25x worse on another at the same dimension, so no
+rule on ``dim`` can choose. Each candidate trains for :data:`SHARE` of the run (steps or
+seconds) from the same Gaussian start, and the one with the lowest held-out dual
+(:func:`neural_ot.w2.diagnostics.heldout_dual_terms`, no known map needed) goes on. A candidate
+whose network is cut off by inactive units is passed over; a cut-off plain MLP is restarted
+once with leaky units (:data:`RECOVERY`). The result is recorded in ``race.json`` beside the
+checkpoints, so a resumed run does not race again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from typing import Callable
+
+import jax.numpy as jnp
+
+from neural_ot import io
+from neural_ot.w2 import diagnostics
+
+__all__ = ["CANDIDATES", "RECOVERY", "RECOVERY_LEAK", "SHARE", "worthwhile", "race",
+           "fall_back", "copy_checkpoint"]
+
+CANDIDATES = ("mlp", "icnn")
+# The restart of an MLP whose network was cut off in the race (the stall of issue 27: its last
+# hidden layer died at a high rate): leak=0.02 kept it learning at D = 48 and a rate of 2e-2
+# (1000 steps: forward L2-UVP 2.87 % against 6.68 % stalled), but costs 1.1-1.3x at equal steps
+# on healthy runs (Mix3toMix10 D = 8, ridges-gmm D = 32), so it is not the default.
+RECOVERY = "mlp-leak"
+RECOVERY_LEAK = 0.02
+SHARE = 0.1
+# A race needs a run long enough for its tenth to say something (measured: the held-out dual
+# ordered the two potentials as their final L2-UVP did after 300 steps at D = 16).
+MIN_STEPS, MIN_SECONDS = 2000, 60.0
+
+
+def worthwhile(steps, max_seconds) -> bool:
+  """Whether a run of ``steps`` (or ``max_seconds``) is long enough to race."""
+  if steps is not None and steps < MIN_STEPS:
+    return False
+  return max_seconds is None or max_seconds >= MIN_SECONDS
+
+
+def _record_key(trainers, fingerprint) -> str:
+  return hashlib.sha256("".join(fingerprint(t) for t in trainers.values()).encode()).hexdigest()
+
+
+def _budget(steps, max_seconds) -> dict:
+  if steps is not None:
+    return dict(steps=max(int(steps * SHARE), 1), max_seconds=None)
+  return dict(steps=None, max_seconds=SHARE * max_seconds,
+              plan_seconds=(1.0 - SHARE * (len(CANDIDATES) - 1)) * max_seconds)
+
+
+def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
+         fingerprint: Callable, x_held, y_held, steps, max_seconds, resume: bool,
+         progress: bool):
+  """Race ``trainers`` (a dict ``name -> W2Trainer`` over :data:`CANDIDATES` and
+  :data:`RECOVERY`) and return ``(trainer, state, history, choice, states)``.
+
+  ``start(trainer)`` is a fresh state; ``train_part(trainer, state, checkpoint=, steps=,
+  max_seconds=, ...)`` trains it on the fit driver; ``ckpt(name)`` is a checkpoint path (or
+  ``None``); ``choice`` is ``{"candidates": {name: figures}, "chosen": name}`` and
+  ``states`` maps each candidate raced in this call to ``(state, history)``.
+  """
+  record = ckpt("race.json")
+  key = _record_key(trainers, fingerprint)
+  done = None
+  if record and resume and os.path.isfile(record):
+    with open(record, encoding="utf-8") as fh:
+      saved = json.load(fh)
+    if saved.get("fingerprint") == key:
+      done = saved["choice"]
+  results, states = {}, {}
+  if done is None:
+    for name, trainer in trainers.items():
+      if name == RECOVERY and not results.get("mlp", {}).get("cut_off"):
+        continue  # the restart runs only when the MLP's network was cut off
+      state, hist = train_part(trainer, start(trainer), checkpoint=f"race-{name}.msgpack",
+                               **_budget(steps, max_seconds))
+      fx, fcy, _ = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)
+      share, per = diagnostics.inactive_units(trainer, state.params["f"], x_held)
+      results[name] = {"dual": float(jnp.mean(fx) + jnp.mean(fcy)), "inactive_share": share,
+                       "cut_off": diagnostics.cut_off(share, per) and not trainer.leak,
+                       "steps": int(state.step)}
+      states[name] = (state, hist)
+    live = [n for n in results if not results[n]["cut_off"]]
+    best = min(live or list(results), key=lambda n: results[n]["dual"])
+    done = {"candidates": results, "chosen": best}
+    if record:
+      io.write_json_atomic(record, {"fingerprint": key, "choice": done})
+  best = done["chosen"]
+  trainer = trainers[best]
+  # Resumed: the winner's race checkpoint (or the main one) carries its state.
+  state, hist = states.get(best, (start(trainer), []))
+  if progress:
+    figures = ", ".join(f"{n} {r['dual']:.6g}" for n, r in done["candidates"].items())
+    sys.stderr.write(f"[fit_w2] potential='auto': held-out dual after the race: {figures}; "
+                     f"continuing with {best!r}\n")
+  return trainer, state, hist, done, states
+
+
+def fall_back(choice: dict, states: dict, dual_end: float):
+  """The race candidate to return instead of the winner, or ``None``: a late stall (measured:
+  an MLP that ran 79,000 steps at its peak rate ended at its start) can leave the winner worse
+  than a candidate after its race. Returns ``(name, new choice)`` for the candidate (raced in
+  this call, not cut off) with the lowest held-out dual below ``dual_end``."""
+  others = {n: r for n, r in choice["candidates"].items() if n != choice["chosen"]
+            and n in states and not r["cut_off"] and r["dual"] < dual_end}
+  if not others:
+    return None
+  name = min(others, key=lambda n: others[n]["dual"])
+  return name, {**choice, "chosen": name, "fallback_from": choice["chosen"],
+                "fallback_dual": dual_end}
+
+
+def copy_checkpoint(src, dst):
+  """Copy the file ``src`` to ``dst`` atomically, when ``src`` exists."""
+  if src and os.path.isfile(src):
+    with open(src, "rb") as fh:
+      io.write_bytes_atomic(dst, fh.read())
