@@ -152,6 +152,8 @@ class FitOptions:
       steps, at the end, on interruption and on divergence (last good state); with
       ``resume=True`` a checkpoint of the same settings and data is continued, one of others
       refused.
+    checkpoint_seconds: also write one every this many seconds of training (at fetches; 0:
+      off), so a time-budgeted run loses at most that much when stopped hard.
     eval_fn: ``eval_fn(result, step) -> dict`` every ``eval_every`` steps and/or every
       ``eval_seconds`` of training, and at the end (kept in the history).
     callback: ``callback(step, metrics)`` every ``log_every`` steps.
@@ -168,6 +170,7 @@ class FitOptions:
   seed: int = 0
   checkpoint_dir: Any = None
   checkpoint_every: int = 500
+  checkpoint_seconds: float = 0.0
   resume: bool = True
   eval_fn: Callable | None = None
   eval_every: int = 0
@@ -211,8 +214,10 @@ class FitOptions:
                                              and 0 < self.max_seconds < math.inf):
       raise ValueError(f"{who}: `max_seconds` must be a number > 0 (finite), got "
                        f"{self.max_seconds!r}.")
-    if not (_is_real(self.eval_seconds) and 0 <= self.eval_seconds < math.inf):
-      raise ValueError(f"{who}: `eval_seconds` must be >= 0, got {self.eval_seconds!r}.")
+    for name in ("eval_seconds", "checkpoint_seconds"):
+      val = getattr(self, name)
+      if not (_is_real(val) and 0 <= val < math.inf):
+        raise ValueError(f"{who}: `{name}` must be a number >= 0 (finite), got {val!r}.")
     if not (_is_real(self.max_param_norm) and self.max_param_norm > 0):
       raise ValueError(f"{who}: `max_param_norm` must be a number > 0, got "
                        f"{self.max_param_norm!r}.")
@@ -332,6 +337,7 @@ def _loop(trainer, state, sampler, data, key, opts: FitOptions, *, checkpoint_pa
   steps, max_seconds, resume, progress = opts.steps, opts.max_seconds, opts.resume, opts.progress
   log_every, eval_every, eval_seconds = opts.log_every, opts.eval_every, opts.eval_seconds
   checkpoint_every, callback = opts.checkpoint_every, opts.callback
+  last_ckpt_s = 0.0  # training seconds at the last checkpoint (opts.checkpoint_seconds)
   if plan_seconds is not None and not (_is_real(plan_seconds) and plan_seconds > 0):
     raise ValueError(f"{name}: `plan_seconds` must be a number > 0, got {plan_seconds!r}.")
   t_start = time.perf_counter()
@@ -401,9 +407,10 @@ def _loop(trainer, state, sampler, data, key, opts: FitOptions, *, checkpoint_pa
         history.append({"step": done, "seconds": seconds, **{
             k: float(v) for k, v in eval_fn(state, done).items()}})
         eval_s += time.perf_counter() - t
-      if checkpoint_path and done - last_ckpt >= checkpoint_every:
+      if checkpoint_path and (done - last_ckpt >= checkpoint_every or (
+          opts.checkpoint_seconds and seconds - last_ckpt_s >= opts.checkpoint_seconds)):
         save(state)
-        last_ckpt = done
+        last_ckpt, last_ckpt_s = done, seconds
   except KeyboardInterrupt:
     save(state)
     prog.close()

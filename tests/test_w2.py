@@ -459,3 +459,27 @@ def test_conditional_defaults_are_the_icnn_rules_at_a_lower_rate():
       assert cond["hidden"] == plain["hidden"] and cond["batch_size"] == plain["batch_size"]
   with pytest.raises(ValueError, match="conditional"):
     default_options(8, potential="mlp", conditional=True)
+
+
+@pytest.mark.filterwarnings("ignore:fit_w2. the held-out dual")  # an affine pair: its start is exact
+def test_checkpoint_seconds_writes_during_the_run_and_every_fit_checks_it(tmp_path):
+  import os
+  from neural_ot.meta import fit_meta
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (600, 2)))
+  kw = dict(steps=12, batch_size=64, checkpoint_every=10 ** 6, log_every=4, **SMALL)
+  for every, expect in ((0.0, False), (1e-9, True)):
+    folder = tmp_path / f"s{every}"
+    seen = []
+    neural_ot.fit_w2(x, 2 * x + 1, checkpoint_dir=str(folder), checkpoint_seconds=every,
+                     callback=lambda s, m: seen.append(
+                         os.path.isfile(folder / "checkpoint.msgpack")), **kw)
+    assert seen[1] is expect  # by step 8: written after step 4 only with checkpoint_seconds
+  # One field of train.FitOptions: every fit takes and checks it.
+  fits = [lambda **o: neural_ot.fit_w2(x, 2 * x, **o),
+          lambda **o: neural_ot.fit_conditional_w2({0.0: (x, x), 1.0: (x, 2 * x)}, **o),
+          lambda **o: fit_meta(
+              lambda k, n: (jnp.full((n, 4), 0.25), jnp.full((n, 4), 0.25)),
+              jnp.arange(4.0)[:, None], 0.1, **o)]
+  for fit in fits:
+    with pytest.raises(ValueError, match="checkpoint_seconds"):
+      fit(steps=2, checkpoint_seconds=-1.0, progress=False)
