@@ -78,6 +78,7 @@ def test_unbalanced_matches_pot_plan_and_primal_objective():
   P = ot.unbalanced.sinkhorn_unbalanced(an, bn, C, eps, [ra, rb], numItermax=100000,
                                         stopThr=1e-13)
   np.testing.assert_allclose(ours.matrix, P, atol=1e-6)
+  np.testing.assert_allclose(ours.transport_mass, P.sum(), rtol=1e-5)  # the plan's mass
 
   def kl(p, q):
     return np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300) / q), 0.0) - p + q)

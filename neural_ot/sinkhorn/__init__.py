@@ -3,8 +3,9 @@
 from neural_ot.sinkhorn.adjoint import ImplicitDiff, Unrolled
 from neural_ot.sinkhorn.batch import sinkhorn_batch
 from neural_ot.sinkhorn.divergence import sinkhorn_divergence
+from neural_ot.sinkhorn.entropic_map import entropic_map
 from neural_ot.sinkhorn.output import SinkhornOutput
 from neural_ot.sinkhorn.solver import Sinkhorn, SinkhornState, dual_objective, sinkhorn
 
 __all__ = ["ImplicitDiff", "Sinkhorn", "SinkhornOutput", "SinkhornState", "Unrolled",
-           "dual_objective", "sinkhorn", "sinkhorn_batch", "sinkhorn_divergence"]
+           "dual_objective", "entropic_map", "sinkhorn", "sinkhorn_batch", "sinkhorn_divergence"]

@@ -7,12 +7,12 @@ import warnings
 from neural_ot.gaussian import gaussian_map, gaussian_w2
 from neural_ot.train import TrainState, TrainingDivergedError
 from neural_ot.w2.defaults import default_options
-from neural_ot.w2.fit import PairSampler, dual_w2, fit_w2, training_rows
+from neural_ot.w2.fit import PairSampler, dual_w2, fit_map, fit_w2, training_rows, transport_cost
 from neural_ot.w2.maps import Frame, W2Map, load_w2_map
 from neural_ot.w2.trainer import W2Trainer
 
 __all__ = ["Frame", "PairSampler", "TrainState", "TrainingDivergedError", "W2Map", "W2Trainer",
-           "default_options", "dual_w2", "fit_w2", "gaussian_map", "gaussian_w2", "load_w2_map",
+           "default_options", "dual_w2", "fit_map", "fit_w2", "transport_cost", "gaussian_map", "gaussian_w2", "load_w2_map",
            "training_rows"]
 
 

@@ -124,12 +124,16 @@ def heldout_dual_terms(trainer, params, x, y, discrete: bool = True):
   the best ``x_i``."""
   f = trainer.potential_fn(params["f"])
   solver = dataclasses.replace(trainer.solver, tol=1e-5, max_iters=100)
-  res = solver(f, y, trainer.predict(params["g"], y))
+  res = trainer.solve(solver, f, y, trainer.predict(params["g"], y))
   fx = jax.vmap(f)(x)
   if not discrete:
     return fx, res.value, res.grad_norm
-  local = jnp.sum(res.x * y, -1) - jax.vmap(f)(res.x)
-  best = jax.lax.map(lambda yj: jnp.max(x @ yj - fx), y, batch_size=256)
+  local = jnp.sum(res.x * y, -1) - jax.vmap(f)(res.x) - trainer.residual_rows(res.x, y)
+  if trainer.cost is None:
+    best = jax.lax.map(lambda yj: jnp.max(x @ yj - fx), y, batch_size=256)
+  else:  # the c-transform over the held-out points: - r(x_i - y_j)
+    best = jax.lax.map(lambda yj: jnp.max(x @ yj - fx - jax.vmap(trainer.cost.residual)(x - yj)),
+                       y, batch_size=256)
   return fx, jnp.maximum(local, best), res.grad_norm
 
 

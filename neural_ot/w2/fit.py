@@ -33,13 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from neural_ot import _validation, gaussian, train
+from neural_ot.geometry.costs import SqEuclidean, TICost
 from neural_ot.train import TrainingDivergedError
 from neural_ot.w2 import diagnostics, race
 from neural_ot.w2.defaults import START_HORIZON, default_options
 from neural_ot.w2.maps import Frame, W2Map
 from neural_ot.w2.trainer import W2Trainer, as_config
 
-__all__ = ["fit_w2", "default_options", "training_rows", "PairSampler", "dual_w2",
+__all__ = ["fit_w2", "fit_map", "transport_cost", "default_options", "training_rows", "PairSampler", "dual_w2",
            "TrainingDivergedError"]
 
 _CKPT = "checkpoint.msgpack"
@@ -82,63 +83,63 @@ class PairSampler:
     return x.astype(self.dtype), y.astype(self.dtype)
 
 
-def _check_sampler(fn, name, n=8, seed=0):
+def _check_sampler(fn, name, n=8, seed=0, who="fit_w2"):
   """``fn(PRNGKey(seed), n)`` as a numpy array, checked: real numbers, shape ``(n, d)``, finite."""
   try:
     probe = np.asarray(fn(jax.random.PRNGKey(seed), n))
   except TypeError as exc:  # most often the signature: not sample(key, n)
-    raise TypeError(f"fit_w2: sampler `{name}` failed when called as `{name}(key, {n})`: "
+    raise TypeError(f"{who}: sampler `{name}` failed when called as `{name}(key, {n})`: "
                     f"{exc}") from exc
   if probe.dtype.kind not in "biuf":
-    raise TypeError(f"fit_w2: sampler `{name}(key, n)` must return real numbers, it returned "
+    raise TypeError(f"{who}: sampler `{name}(key, n)` must return real numbers, it returned "
                     f"dtype {probe.dtype}.")
   if probe.ndim != 2 or probe.shape[0] != n:
-    raise ValueError(f"fit_w2: sampler `{name}(key, n)` must return an array of shape (n, d); "
+    raise ValueError(f"{who}: sampler `{name}(key, n)` must return an array of shape (n, d); "
                      f"for n={n} it returned shape {probe.shape}.")
   if not np.all(np.isfinite(probe)):
-    raise ValueError(f"fit_w2: sampler `{name}` returned non-finite values (NaN or inf) for "
+    raise ValueError(f"{who}: sampler `{name}` returned non-finite values (NaN or inf) for "
                      f"n={n}.")
   return probe
 
 
-def _check_spread(arr, name):
+def _check_spread(arr, name, who="fit_w2"):
   # All rows one point (up to rounding, e.g. a large offset in float32): the standardisation
   # and the Gaussian start divide by a zero spread, and training diverges at its first step.
   a64 = arr.astype(np.float64)  # no overflow in the range of float32 data near its max
   if np.max(np.ptp(a64, axis=0)) <= 4 * np.finfo(arr.dtype).eps * np.max(np.abs(a64)):
-    raise ValueError(f"fit_w2: all samples of `{name}` are the same point (up to rounding); "
+    raise ValueError(f"{who}: all samples of `{name}` are the same point (up to rounding); "
                      f"a W2 map needs measures with some spread.")
 
 
-def _prepare(data, name: str, dtype, rng, seed):
+def _prepare(data, name: str, dtype, rng, seed, who="fit_w2"):
   """``(fn or None, train array or None, moment sample, held-out sample, fingerprint part)``."""
   if callable(data):
-    probe = _check_sampler(data, name)
-    moment = _check_sampler(data, name, _N_MOMENTS, 10 ** 6 + seed).astype(dtype)
-    held = _check_sampler(data, name, _N_HELD_OUT, 2 * 10 ** 6 + seed).astype(dtype)
+    probe = _check_sampler(data, name, who=who)
+    moment = _check_sampler(data, name, _N_MOMENTS, 10 ** 6 + seed, who).astype(dtype)
+    held = _check_sampler(data, name, _N_HELD_OUT, 2 * 10 ** 6 + seed, who).astype(dtype)
     tag = f"sampler {getattr(data, '__qualname__', type(data).__name__)} " + \
         train.data_fingerprint(probe.astype(np.float32))
     return data, None, moment, held, tag
   try:
     arr = np.asarray(data)
     if np.iscomplexobj(arr):  # the cast would drop the imaginary part with only a warning
-      raise TypeError(f"fit_w2: `{name}` must be real, got complex dtype {arr.dtype}.")
+      raise TypeError(f"{who}: `{name}` must be real, got complex dtype {arr.dtype}.")
     arr = arr.astype(dtype)
   except (TypeError, ValueError) as exc:
-    if str(exc).startswith("fit_w2:"):
+    if str(exc).startswith(f"{who}:"):
       raise
-    raise TypeError(f"fit_w2: `{name}` must be an array (n, d) or a sampler "
+    raise TypeError(f"{who}: `{name}` must be an array (n, d) or a sampler "
                     f"`sample(key, n) -> (n, d)`, got {type(data).__name__}.") from exc
   if arr.ndim == 1:
     arr = arr[:, None]
   if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-    raise ValueError(f"fit_w2: `{name}` must have shape (n, d) with n > 0 and d > 0, got "
+    raise ValueError(f"{who}: `{name}` must have shape (n, d) with n > 0 and d > 0, got "
                      f"{arr.shape}.")
   if not np.all(np.isfinite(arr)):
     bad = int(np.sum(~np.all(np.isfinite(arr), axis=1)))
-    raise ValueError(f"fit_w2: `{name}` has {bad} row(s) with NaN or inf values.")
+    raise ValueError(f"{who}: `{name}` has {bad} row(s) with NaN or inf values.")
   if arr.shape[0] < 2:
-    raise ValueError(f"fit_w2: `{name}` needs at least 2 samples, got {arr.shape[0]}.")
+    raise ValueError(f"{who}: `{name}` needs at least 2 samples, got {arr.shape[0]}.")
   tag = "array " + train.data_fingerprint(arr)
   perm = rng.permutation(arr.shape[0])
   n_held = arr.shape[0] - training_rows(arr.shape[0])
@@ -172,16 +173,16 @@ class _Pair:
   tgt_tag: str
 
   @classmethod
-  def prepare(cls, source, target, dtype, seed) -> "_Pair":
+  def prepare(cls, source, target, dtype, seed, who="fit_w2") -> "_Pair":
     rng = np.random.default_rng(seed)
-    pair = cls(*_prepare(source, "source", dtype, rng, seed),
-               *_prepare(target, "target", dtype, rng, seed))
+    pair = cls(*_prepare(source, "source", dtype, rng, seed, who),
+               *_prepare(target, "target", dtype, rng, seed, who))
     d_src, d_tgt = pair.src_mom.shape[1], pair.tgt_mom.shape[1]
     if d_src != d_tgt:
-      raise ValueError(f"fit_w2: `source` and `target` must have the same dimension, got "
+      raise ValueError(f"{who}: `source` and `target` must have the same dimension, got "
                        f"d={d_src} and d={d_tgt}.")
-    _check_spread(pair.src_mom, "source")
-    _check_spread(pair.tgt_mom, "target")
+    _check_spread(pair.src_mom, "source", who)
+    _check_spread(pair.tgt_mom, "target", who)
     return pair
 
   @property
@@ -194,10 +195,10 @@ class _Pair:
     rows = [a.shape[0] for a in (self.src_arr, self.tgt_arr) if a is not None]
     return min(rows) if rows else None
 
-  def check_batch(self, batch_size: int) -> None:
+  def check_batch(self, batch_size: int, who: str = "fit_w2") -> None:
     for arr, name in ((self.src_arr, "source"), (self.tgt_arr, "target")):
       if arr is not None and batch_size > arr.shape[0]:
-        raise ValueError(f"fit_w2: `batch_size` ({batch_size}) is larger than `{name}`, which "
+        raise ValueError(f"{who}: `batch_size` ({batch_size}) is larger than `{name}`, which "
                          f"has {arr.shape[0]} training samples.")
 
   def device_data(self, frame) -> dict:
@@ -261,18 +262,78 @@ def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None =
     >>> m.transport(x[:3]).shape
     (3, 2)
   """
-  opts, options = train.FitOptions.from_kwargs("fit_w2", options)
-  W2Trainer.check_options("fit_w2", options)
+  return _fit("fit_w2", source, target, None, standardize, init_map, options)
+
+
+def fit_map(source, target, *, cost: TICost, standardize: bool = True,
+            init_map: W2Map | None = None, **options) -> W2Map:
+  """Learn the optimal map for a translation-invariant cost ``c(x, y) = h(x - y)``.
+
+  The neural dual of :func:`fit_w2` with the cost's c-transform: the network is
+  ``psi = 0.5 |x|^2 - f`` for the dual potential ``f``; each step predicts the minimiser of
+  ``h(x - y) - f(x)`` for every target sample with the amortized predictor and refines it with
+  a few batched solver steps (L-BFGS; proximal gradient when ``h`` has an ``l1`` part, as
+  :class:`~neural_ot.ElasticL1`); the map is ``T(x) = x - grad h*(grad f(x))`` (Gangbo and
+  McCann 1996) and the inverse the refined minimiser. Both measures share one
+  standardisation (a common centre and scale; the cost is rescaled with it), the potential is
+  raced and diagnosed as in :func:`fit_w2`, and it starts from the Gaussian W2 map.
+
+  For ``cost=SqEuclidean()`` the optimal map is the W2 map: this is :func:`fit_w2` (the same
+  map, bit for bit).
+
+  Args:
+    source, target: arrays ``(n, d)`` or samplers ``sample(key, n) -> (n, d)``.
+    cost: a :class:`~neural_ot.TICost` with strictly convex ``h``: ``ElasticL1(gamma)``,
+      ``PNorm(2, p)`` with ``p > 1``, ``Mahalanobis(A)``, ``TranslationInvariant(h)`` (``grad
+      h*`` by a numerical solve), ``SqEuclidean()``.
+    standardize, init_map, **options: as in :func:`fit_w2`.
+
+  Returns:
+    A :class:`W2Map` whose ``transport`` is ``T``, ``inverse`` its inverse and ``w2`` the
+    transport cost ``E h(x - T(x))`` on held-out source samples (user units).
+
+  Example:
+    >>> import jax, neural_ot
+    >>> x = jax.random.normal(jax.random.PRNGKey(0), (512, 2))
+    >>> m = neural_ot.fit_map(x, x + 1.0, cost=neural_ot.ElasticL1(0.1), steps=5,
+    ...                       batch_size=64, progress=False)
+    >>> m.transport(x[:3]).shape
+    (3, 2)
+  """
+  if not isinstance(cost, TICost):
+    raise TypeError(f"fit_map: `cost` must be a translation-invariant cost (neural_ot.TICost: "
+                    f"ElasticL1, PNorm(2, p), Mahalanobis, TranslationInvariant(h), "
+                    f"SqEuclidean), got {type(cost).__name__}.")
+  if isinstance(cost, SqEuclidean):
+    return _fit("fit_map", source, target, None, standardize, init_map, options)
+  dim = np.shape(source)[-1] if not callable(source) else np.shape(source(
+      jax.random.PRNGKey(0), 2))[-1]
+  cost.check_for_maps(int(dim))
+  return _fit("fit_map", source, target, cost, standardize, init_map, options)
+
+
+def transport_cost(mp: W2Map, cost: TICost, x) -> float:
+  """``E h(x - T(x))`` over the rows of ``x`` (user units): the cost of transporting them by
+  the map (an estimate of the OT cost when ``T`` pushes ``x``'s measure onto the target)."""
+  x = np.asarray(x, np.float64)
+  tx = np.asarray(mp.transport(x), np.float64)
+  return float(np.mean(np.asarray(jax.vmap(cost.h)(jnp.asarray(x - tx)), np.float64)))
+
+
+def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
+  """The body of :func:`fit_w2` (``cost=None``) and :func:`fit_map` (a :class:`TICost`)."""
+  opts, options = train.FitOptions.from_kwargs(who, options)
+  W2Trainer.check_options(who, options, exclude=("cost",))
   if not isinstance(standardize, (bool, np.bool_)):
-    raise TypeError(f"fit_w2: `standardize` must be True or False, got {standardize!r}.")
+    raise TypeError(f"{who}: `standardize` must be True or False, got {standardize!r}.")
   steps, max_seconds, seed, dtype = opts.steps, opts.max_seconds, opts.seed, opts.dtype
-  pair = _Pair.prepare(source, target, dtype, seed)
+  pair = _Pair.prepare(source, target, dtype, seed, who)
   dim = pair.dim
   chosen = options.pop("potential", "auto")
   if chosen == "auto" and "activation" in options:
     chosen = "icnn"  # an activation is an ICNN option
   if not (isinstance(chosen, str) and chosen in ("auto", "icnn", "mlp")):
-    raise ValueError(f"fit_w2: `potential` must be 'auto', 'icnn' or 'mlp', got {chosen!r}.")
+    raise ValueError(f"{who}: `potential` must be 'auto', 'icnn' or 'mlp', got {chosen!r}.")
   racing = chosen == "auto" and init_map is None and race.worthwhile(steps, max_seconds)
   if chosen == "auto" and not racing:
     chosen = None  # a short run or a fine-tune: the dimension's rule (default_options)
@@ -281,16 +342,23 @@ def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None =
   batch_size = defaults[candidates[0]]["batch_size"] if opts.batch_size is None else \
       opts.batch_size
   opts = dataclasses.replace(opts, batch_size=batch_size)
-  pair.check_batch(batch_size)
+  pair.check_batch(batch_size, who)
   if init_map is not None:
-    trainers = {None: _finetune_trainer(init_map, dim, chosen, options)}
+    trainers = {None: _finetune_trainer(init_map, dim, chosen, options, who)}
+    if init_map.trainer.cost != (None if cost is None else cost.scaled(init_map.frame.sx)):
+      raise ValueError(f"{who}: `init_map` was trained for another cost "
+                       f"({init_map.trainer.cost!r}); fine-tune it with the cost it has.")
     frame = init_map.frame
   else:
+    if cost is None:  # W2: each measure in its own frame (positive scalings keep maps optimal)
+      frame = Frame.fit(pair.src_mom, pair.tgt_mom) if standardize else Frame.identity(dim)
+    else:  # h(x - y): one frame for both, the cost rescaled with it
+      frame = Frame.common(pair.src_mom, pair.tgt_mom) if standardize else Frame.identity(dim)
+    std_cost = None if cost is None else cost.scaled(float(frame.sx))
     trainers = {c: W2Trainer(**{**{k: v for k, v in defaults[c].items() if k != "batch_size"},
-                                **options}) for c in candidates}
+                                **options, "cost": std_cost}) for c in candidates}
     if racing:
       trainers[race.RECOVERY] = dataclasses.replace(trainers["mlp"], leak=race.RECOVERY_LEAK)
-    frame = Frame.fit(pair.src_mom, pair.tgt_mom) if standardize else Frame.identity(dim)
   moments = None if init_map is not None else (gaussian.moments(frame.to_source(pair.src_mom)),
                                                gaussian.moments(frame.to_target(pair.tgt_mom)))
   k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
@@ -301,7 +369,7 @@ def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None =
     return trainer.init_state(k_init, dim, horizon, *(use or (None, None)), dtype=dtype,
                               params=None if init_map is None else init_map.params)
 
-  sharding, placement = train.data_parallel(opts.mesh, opts.axis_name, batch_size, "fit_w2")
+  sharding, placement = train.data_parallel(opts.mesh, opts.axis_name, batch_size, who)
   sampler = PairSampler(int(batch_size), pair.src_fn, pair.tgt_fn, dtype.name, sharding)
   data = pair.device_data(frame.astype(dtype))
   x_held = np.asarray(frame.to_source(pair.src_held), dtype)
@@ -318,7 +386,7 @@ def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None =
 
   def train_part(trainer, state, **kw):
     return train.run_fit(
-        "fit_w2", opts, trainer, state, sampler, data, k_data, fingerprint=fingerprint(trainer),
+        who, opts, trainer, state, sampler, data, k_data, fingerprint=fingerprint(trainer),
         make_result=lambda st: make_map(trainer, st), show=("loss", "conj_iters"),
         placement=placement,
         advice="Try a smaller `learning_rate`, `init='gaussian'` or standardised data", **kw)
@@ -350,23 +418,25 @@ def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None =
     mp = make_map(trainer, state, hist)
     diag = diagnostics.diagnose(trainer, mp.params, gaussian_start(trainer), x_held, y_held,
                                 choice)
-  _warn_if_map_diverged(mp, pair.src_held, pair.tgt_held)
-  diagnostics.warn_if_stalled(diag)
-  return dataclasses.replace(mp, w2=dual_w2(mp, pair.src_held, pair.tgt_held), diagnostics=diag)
+  _warn_if_map_diverged(mp, pair.src_held, pair.tgt_held, who)
+  diagnostics.warn_if_stalled(diag, who)
+  estimate = dual_w2(mp, pair.src_held, pair.tgt_held) if cost is None else \
+      transport_cost(mp, cost, pair.src_held)
+  return dataclasses.replace(mp, w2=estimate, diagnostics=diag)
 
 
-def _finetune_trainer(init_map, dim, chosen, options):
+def _finetune_trainer(init_map, dim, chosen, options, who="fit_w2"):
   """``init_map``'s trainer with the optimisation ``options`` changed (checked: a fine-tune
   keeps the networks)."""
   if not isinstance(init_map, W2Map):
-    raise TypeError(f"fit_w2: `init_map` must be a W2Map, got {type(init_map).__name__}.")
+    raise TypeError(f"{who}: `init_map` must be a W2Map, got {type(init_map).__name__}.")
   if init_map.dim != dim:
-    raise ValueError(f"fit_w2: `init_map` maps dimension {init_map.dim}, the data have "
+    raise ValueError(f"{who}: `init_map` maps dimension {init_map.dim}, the data have "
                      f"dimension {dim}.")
   fixed = sorted(set(options) & _NETWORK_FIELDS) + (
       ["potential"] if chosen not in (None, init_map.trainer.potential) else [])
   if fixed:
-    raise ValueError(f"fit_w2: option(s) {fixed} would change the networks of `init_map`; "
+    raise ValueError(f"{who}: option(s) {fixed} would change the networks of `init_map`; "
                      f"only optimisation options can be given with it.")
   return dataclasses.replace(init_map.trainer, **options)
 
@@ -390,14 +460,14 @@ def map_spread(mp: W2Map, x, y) -> float:
   return float(np.sqrt(np.mean(np.sum((tx - my) ** 2, -1))) / max(spread_y, 1e-30))
 
 
-def _warn_if_map_diverged(mp, x, y):
+def _warn_if_map_diverged(mp, x, y, who="fit_w2"):
   """Training metrics cannot see where the conjugate never looks: a non-convex potential can be
   pushed down at source points far from every argmax (measured: ``potential="mlp"`` at D = 64 on
   the W2 benchmark, forward L2-UVP 5.7e7 % after a run that reported nothing wrong)."""
   ratio = map_spread(mp, x, y)
   if not ratio <= _DIVERGED_SPREAD:
     warnings.warn(
-        f"fit_w2: the learned map sends held-out source samples {ratio:.3g}x as far from the "
+        f"{who}: the learned map sends held-out source samples {ratio:.3g}x as far from the "
         f"target's mean as the target's own spread; the map has diverged. "
         + ("A non-convex potential (potential='mlp') can do this; use potential='icnn' "
            "(convex) or a smaller `learning_rate`." if mp.trainer.potential == "mlp" else

@@ -35,6 +35,15 @@ class Frame(NamedTuple):
     return cls(x.mean(0), np.float64(scale(x)), y.mean(0), np.float64(scale(y)))
 
   @classmethod
+  def common(cls, x, y) -> "Frame":
+    """One frame for both measures (what a cost ``h(x - y)`` allows): the mean of the two
+    means and the root of the two mean per-coordinate variances' average."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    m = 0.5 * (x.mean(0) + y.mean(0))
+    s = max(float(np.sqrt(0.5 * (np.mean(np.var(x, 0)) + np.mean(np.var(y, 0))))), 1e-12)
+    return cls(m, np.float64(s), m, np.float64(s))
+
+  @classmethod
   def identity(cls, dim: int) -> "Frame":
     return cls(np.zeros(dim), np.float64(1.0), np.zeros(dim), np.float64(1.0))
 
@@ -56,7 +65,10 @@ class Frame(NamedTuple):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _transport(trainer, params_f, x):
-  return jax.vmap(jax.grad(trainer.potential_fn(params_f)))(x)
+  grad = jax.vmap(jax.grad(trainer.potential_fn(params_f)))(x)
+  if trainer.cost is None:
+    return grad
+  return x - trainer.displacement(x - grad)  # x - grad h*(grad f), f = |x|^2 / 2 - psi
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -70,7 +82,7 @@ def _inverse(trainer, params, y, finetune_iters, tol):
   if finetune_iters == 0:
     return x_hat, jnp.zeros(y.shape[:1], jnp.int32)
   solver = dataclasses.replace(trainer.solver, max_iters=finetune_iters, tol=tol)
-  res = solver(trainer.potential_fn(params["f"]), y, x_hat)
+  res = trainer.solve(solver, trainer.potential_fn(params["f"]), y, x_hat)
   return res.x, res.n_iters
 
 

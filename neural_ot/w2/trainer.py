@@ -16,7 +16,7 @@ Makkuva et al.'s min-max scheme (parallel updates).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,8 @@ import optax
 
 from neural_ot._validation import check_widths, is_int
 from neural_ot.conjugate import ConjugateSolver
+from neural_ot.conjugate.solvers import ProxGradSolver
+from neural_ot.geometry.costs import TICost, cost_from_json
 from neural_ot.potentials import ICNN, MLPPotential, MLPPredictor
 from neural_ot.potentials.conditional import ConditionalICNN, ConditionalPredictor, FixedContext
 from neural_ot.train import TrainState, cosine_schedule
@@ -83,6 +85,12 @@ class W2Trainer:
     leak: the MLP potential's activation is ``leak * u + (1 - leak) softplus(u)``: with
       ``leak > 0`` a unit pushed far negative still passes gradient back and can recover
       (the stall of ``benchmarks/RESULTS.md``, issue 27, measured with 0 and 0.02).
+    cost: ``None`` (the W2 cost ``0.5 |x - y|^2``) or a translation-invariant cost
+      :class:`neural_ot.TICost` ``h(x - y)`` (in the standardised units the trainer sees).
+      The network is then ``psi = 0.5 |x|^2 - f`` for the dual potential ``f``, the conjugate
+      ``max_x <x, y> - psi(x) - r(x - y)`` with ``r = h - 0.5 |.|^2`` (so ``r = 0`` is the W2
+      case) and the map ``x - grad h*(x - grad psi(x))``; an ``l1`` part of ``h`` is solved
+      by proximal gradient (:class:`~neural_ot.conjugate.solvers.ProxGradSolver`).
   """
 
   potential: str = "icnn"
@@ -108,8 +116,15 @@ class W2Trainer:
   context_mode: str = "input"
   batch_candidates: bool = True
   leak: float = 0.0
+  cost: Any = None
 
   def __post_init__(self):
+    if isinstance(self.cost, dict):  # a saved map's configuration
+      object.__setattr__(self, "cost", cost_from_json(self.cost))
+    if not (self.cost is None or isinstance(self.cost, TICost)):
+      raise TypeError(f"W2Trainer: `cost` must be None or a translation-invariant cost "
+                      f"(neural_ot.TICost, e.g. ElasticL1(0.1) or PNorm(2, 1.5)), got "
+                      f"{type(self.cost).__name__}.")
     for name in ("hidden", "predictor_hidden", "context_hidden"):
       object.__setattr__(self, name, check_widths("W2Trainer", name, getattr(self, name)))
     for name in ("context_dim", "finetune_iters"):
@@ -211,8 +226,38 @@ class W2Trainer:
     return MLPPredictor(hidden=self.predictor_hidden)
 
   @property
-  def solver(self) -> ConjugateSolver:
+  def solver(self) -> ConjugateSolver | ProxGradSolver:
+    """The conjugate solver (``ProxGradSolver`` for a cost with an ``l1`` part)."""
+    if self.cost is not None and self.cost.l1_weight > 0:
+      return ProxGradSolver(float(self.cost.l1_weight), tol=self.finetune_tol,
+                            max_iters=self.finetune_iters)
     return ConjugateSolver(self.finetune, tol=self.finetune_tol, max_iters=self.finetune_iters)
+
+  @property
+  def extra(self) -> Callable | None:
+    """The smooth term the cost adds to the conjugate objective (``None`` for W2)."""
+    return None if self.cost is None else self.cost.smooth_residual()
+
+  def solve(self, solver, f: Callable, y: jax.Array, x0: jax.Array, context=None):
+    """``solver``'s conjugate of ``f`` at ``y`` for this trainer's cost."""
+    if self.cost is None:  # the W2 path, unchanged
+      return solver(f, y, x0, context=context)
+    return solver(f, y, x0, context=context, extra=self.extra)
+
+  def residual_rows(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    """``r(x - y)`` row by row (``x, y: (b, d)``; zeros for W2)."""
+    if self.cost is None:
+      return jnp.zeros(x.shape[:1], x.dtype)
+    return jax.vmap(self.cost.residual)(x - y)
+
+  def residual_matrix(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    """``R[j, i] = r(x_i - y_j)``, shape ``(len(y), len(x))``."""
+    diff = x[None, :, :] - y[:, None, :]
+    return jax.vmap(jax.vmap(self.cost.residual))(diff)
+
+  def displacement(self, v: jax.Array) -> jax.Array:
+    """The map's displacement ``grad h*(v)`` for ``v = x - grad psi(x)`` (``v`` for W2)."""
+    return v if self.cost is None else self.cost.grad_h_star(v)
 
   def optimizer(self) -> optax.GradientTransformation:
     """Clipped AdamW at unit rate; :meth:`step` scales its updates by the schedule."""
@@ -267,7 +312,7 @@ class W2Trainer:
       grad = jax.vmap(jax.grad(f))(x_t, *(() if c is None else (c,)))
       grad_norm = jnp.linalg.norm(grad - y, axis=-1)
       return x_hat, x_t, jnp.zeros(y.shape[:1], jnp.int32), grad_norm
-    res = self.solver(f, y, x_hat, context=c)
+    res = self.solve(self.solver, f, y, x_hat, context=c)
     return x_hat, jax.lax.stop_gradient(res.x), res.n_iters, res.grad_norm
 
   def loss(self, params, x: jax.Array, y: jax.Array, c: jax.Array | None = None):
@@ -284,13 +329,18 @@ class W2Trainer:
       # f at the batch points is fx already: pick per row, no further pass of the network.
       sg = jax.lax.stop_gradient
       scores = y @ x.T - sg(fx)[None, :]  # (b_y, b_x): <x_i, y_j> - f(x_i)
-      best = jnp.argmax(scores, axis=1)
       local = jnp.sum(x_t * y, -1) - sg(fxt)
+      if self.cost is not None:  # - r(x_i - y_j)
+        scores = scores - self.residual_matrix(x, y)
+        local = local - self.residual_rows(x_t, y)
+      best = jnp.argmax(scores, axis=1)
       wins = jnp.take_along_axis(scores, best[:, None], 1)[:, 0] > local
       x_t = jnp.where(wins[:, None], x[best], x_t)
       fxt = jnp.where(wins, fx[best], fxt)
     conj = jnp.sum(x_t * y, -1) - fxt
-    loss_f = fx.mean() - fxt.mean()  # Danskin: <x_t, y> has no gradient
+    if self.cost is not None:
+      conj = conj - self.residual_rows(x_t, y)
+    loss_f = fx.mean() - fxt.mean()  # Danskin: <x_t, y> (and r(x_t - y)) has no gradient
     if self.amortization == "regression":
       loss_g = jnp.mean(jnp.sum((x_hat - x_t) ** 2, -1))
     elif self.amortization == "objective":
@@ -300,7 +350,9 @@ class W2Trainer:
     dual = fx.mean() + conj.mean()
     w2 = jnp.mean(jnp.sum(x * x, -1)) + jnp.mean(jnp.sum(y * y, -1)) - 2 * dual
     sg = jax.lax.stop_gradient
-    metrics = {"loss": sg(dual), "w2": sg(w2), "loss_g": sg(loss_g),
+    # For a cost h the dual estimate of OT is E f + E f^c = (E|x|^2 + E|y|^2) / 2 - dual.
+    metrics = {"loss": sg(dual), ("w2" if self.cost is None else "ot_cost"): sg(
+        w2 if self.cost is None else 0.5 * w2), "loss_g": sg(loss_g),
                "conj_iters": iters.mean().astype(jnp.float32),
                "conj_iters_max": iters.max().astype(jnp.float32),
                "conj_grad_norm": grad_norm.max(),
@@ -325,5 +377,9 @@ class W2Trainer:
 
 def as_config(trainer: W2Trainer) -> dict:
   """JSON-able dict of the trainer's fields."""
-  out = dataclasses.asdict(trainer)
+  out = {f.name: getattr(trainer, f.name) for f in dataclasses.fields(trainer)}
+  if trainer.cost is None:  # W2: the configuration (and checkpoint fingerprints) of before
+    del out["cost"]
+  else:
+    out["cost"] = trainer.cost.to_json()
   return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
