@@ -21,6 +21,7 @@ PAGES = {
     "data": "neural_ot.data", "conditional": "neural_ot.conditional",
     "diagnostics": "neural_ot.w2.diagnostics", "mapfile": "neural_ot.mapfile",
     "families": "neural_ot.w2bench.families", "tracing": "neural_ot.tracing",
+    "cost_families": "neural_ot.w2bench.cost_families",
 }
 
 

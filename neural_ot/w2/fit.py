@@ -326,6 +326,7 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
   W2Trainer.check_options(who, options, exclude=("cost",))
   if not isinstance(standardize, (bool, np.bool_)):
     raise TypeError(f"{who}: `standardize` must be True or False, got {standardize!r}.")
+  t_call = time.perf_counter()  # max_seconds counts from the call (data checks included)
   steps, max_seconds, seed, dtype = opts.steps, opts.max_seconds, opts.seed, opts.dtype
   pair = _Pair.prepare(source, target, dtype, seed, who)
   dim = pair.dim
@@ -338,7 +339,8 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
   if chosen == "auto" and not racing:
     chosen = None  # a short run or a fine-tune: the dimension's rule (default_options)
   candidates = race.CANDIDATES if racing else (chosen,)
-  defaults = {c: default_options(dim, pair.n_min, c) for c in candidates}
+  l1_cost = cost is not None and cost.l1_weight > 0
+  defaults = {c: default_options(dim, pair.n_min, c, l1_cost=l1_cost) for c in candidates}
   batch_size = defaults[candidates[0]]["batch_size"] if opts.batch_size is None else \
       opts.batch_size
   opts = dataclasses.replace(opts, batch_size=batch_size)
@@ -392,6 +394,8 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
         advice="Try a smaller `learning_rate`, `init='gaussian'` or standardised data", **kw)
 
   t0 = time.perf_counter()
+  if max_seconds is not None:  # what the probes, moments and held-out draws took
+    max_seconds = max(max_seconds - (t0 - t_call), 1e-3)
   history, choice, race_states = [], None, {}
   ckpt = opts.checkpoint_path
   if racing:

@@ -26,7 +26,7 @@ import optax
 
 from neural_ot._validation import check_widths, is_int
 from neural_ot.conjugate import ConjugateSolver
-from neural_ot.conjugate.solvers import ProxGradSolver
+from neural_ot.conjugate.solvers import OWLQNSolver, ProxGradSolver
 from neural_ot.geometry.costs import TICost, cost_from_json
 from neural_ot.potentials import ICNN, MLPPotential, MLPPredictor
 from neural_ot.potentials.conditional import ConditionalICNN, ConditionalPredictor, FixedContext
@@ -51,7 +51,9 @@ class W2Trainer:
     strong_convexity: extra ``0.5 c |x|^2`` in the potential.
     predictor_hidden: hidden widths of the amortized argmax model.
     amortization: ``"regression"``, ``"objective"`` or ``"cycle"``.
-    finetune: conjugate solver for fine-tuning, ``"lbfgs"`` or ``"adam"``.
+    finetune: conjugate solver for fine-tuning, ``"lbfgs"`` or ``"adam"``; for a cost with an
+      ``l1`` part, ``"lbfgs"`` is orthant-wise L-BFGS (:class:`~neural_ot.conjugate.solvers.
+      OWLQNSolver`) and ``"prox"`` proximal gradient.
     finetune_iters: solver steps from the prediction per training step (0: none).
     finetune_tol: the solver stops a sample when ``|grad f(x) - y| < finetune_tol``.
     learning_rate: peak AdamW learning rate (cosine decay to ``final_lr_fraction`` of it
@@ -90,7 +92,7 @@ class W2Trainer:
       The network is then ``psi = 0.5 |x|^2 - f`` for the dual potential ``f``, the conjugate
       ``max_x <x, y> - psi(x) - r(x - y)`` with ``r = h - 0.5 |.|^2`` (so ``r = 0`` is the W2
       case) and the map ``x - grad h*(x - grad psi(x))``; an ``l1`` part of ``h`` is solved
-      by proximal gradient (:class:`~neural_ot.conjugate.solvers.ProxGradSolver`).
+      by orthant-wise L-BFGS (``finetune="lbfgs"``) or proximal gradient (``"prox"``).
   """
 
   potential: str = "icnn"
@@ -121,6 +123,9 @@ class W2Trainer:
   def __post_init__(self):
     if isinstance(self.cost, dict):  # a saved map's configuration
       object.__setattr__(self, "cost", cost_from_json(self.cost))
+    if self.finetune == "prox" and (self.cost is None or not self.cost.l1_weight > 0):
+      raise ValueError("W2Trainer: `finetune='prox'` (proximal gradient) is for costs with an "
+                       "l1 part (ElasticL1); use 'lbfgs' or 'adam'.")
     if not (self.cost is None or isinstance(self.cost, TICost)):
       raise TypeError(f"W2Trainer: `cost` must be None or a translation-invariant cost "
                       f"(neural_ot.TICost, e.g. ElasticL1(0.1) or PNorm(2, 1.5)), got "
@@ -139,7 +144,7 @@ class W2Trainer:
       raise ValueError(f"W2Trainer: conditional maps (`context_dim` > 0) need potential='icnn', got "
                        f"{self.potential!r}.")
     for name, allowed in (("potential", _POTENTIALS), ("amortization", _AMORTIZATION),
-                          ("finetune", ("lbfgs", "adam")), ("init", _INITS)):
+                          ("finetune", ("lbfgs", "adam", "prox")), ("init", _INITS)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"W2Trainer: `{name}` must be one of {list(allowed)}, got "
                          f"{getattr(self, name)!r}.")
@@ -229,8 +234,10 @@ class W2Trainer:
   def solver(self) -> ConjugateSolver | ProxGradSolver:
     """The conjugate solver (``ProxGradSolver`` for a cost with an ``l1`` part)."""
     if self.cost is not None and self.cost.l1_weight > 0:
-      return ProxGradSolver(float(self.cost.l1_weight), tol=self.finetune_tol,
-                            max_iters=self.finetune_iters)
+      l1 = float(self.cost.l1_weight)
+      if self.finetune == "prox":
+        return ProxGradSolver(l1, tol=self.finetune_tol, max_iters=self.finetune_iters)
+      return OWLQNSolver(l1, tol=self.finetune_tol, max_iters=self.finetune_iters)
     return ConjugateSolver(self.finetune, tol=self.finetune_tol, max_iters=self.finetune_iters)
 
   @property
