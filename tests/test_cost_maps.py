@@ -168,3 +168,24 @@ def test_a_map_is_fine_tuned_only_with_its_own_cost():
                             progress=False)
   assert tuned.trainer.cost == m.trainer.cost
   assert dataclasses.replace(m.trainer, cost=None).cost is None
+
+
+def test_orthant_wise_lbfgs_and_proximal_gradient_reach_the_same_l1_optimum():
+  from neural_ot.conjugate.solvers import OWLQNSolver, ProxGradSolver
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(6, 6))
+  a = jnp.asarray(q @ q.T / 6 + 0.3 * np.eye(6), jnp.float32)  # condition number ~10
+  f = lambda x: 0.5 * x @ a @ x + 0.1 * jnp.sum(jnp.cos(x))
+  y = jnp.asarray(rng.normal(size=(64, 6)), jnp.float32)
+  owl = OWLQNSolver(l1=0.3, tol=1e-5, max_iters=300)(f, y, y)
+  prox = ProxGradSolver(l1=0.3, tol=1e-5, max_iters=2000)(f, y, y)
+  np.testing.assert_allclose(owl.value, prox.value, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(owl.x, prox.x, atol=1e-2)  # value gap 1e-5, curvature >= 0.2
+  # Coordinates on a kink land exactly on it (x_i = y_i), as the l1 optimum has them.
+  on_kink = np.abs(np.asarray(prox.x - y)) < 1e-6
+  assert on_kink.any()
+  assert np.all(np.asarray(owl.x - y)[on_kink] == 0.0)
+  # Fewer iterations (the median: a few rows zig-zag between orthants to the iteration cap).
+  assert np.median(np.asarray(owl.n_iters)) < 0.7 * np.median(np.asarray(prox.n_iters))
+  with pytest.raises(ValueError, match="l1 part"):
+    W2Trainer(finetune="prox")
