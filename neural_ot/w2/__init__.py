@@ -1,5 +1,6 @@
-"""Wasserstein-2 maps from samples: dual training of a potential (non-convex MLP or ICNN) with
-amortized, fine-tuned conjugates."""
+"""OT maps from samples: dual training of a potential (non-convex MLP or ICNN) with amortized,
+fine-tuned conjugates, for ``|x - y|^2`` (``fit_w2``) and any translation-invariant cost
+``h(x - y)`` (``fit_map``: the same training path, the conjugate with the cost's c-transform)."""
 
 import importlib
 import warnings

@@ -89,13 +89,16 @@ def _inverse(trainer, params, y, finetune_iters, tol):
 @dataclasses.dataclass(frozen=True)
 class W2Map:
   """A learned OT map for the cost ``|x - y|^2``: ``transport = grad f``,
-  ``inverse = grad f*`` (predicted argmax, fine-tuned).
+  ``inverse = grad f*`` (predicted argmax, fine-tuned); or, when ``trainer.cost`` is a
+  translation-invariant cost ``h(x - y)`` (:func:`neural_ot.fit_map`),
+  ``transport = x - grad h*(x - grad f(x))`` and ``inverse`` the c-transform's minimiser.
 
   Attributes:
-    trainer: the configuration the map was trained with (networks, solver).
+    trainer: the configuration the map was trained with (networks, solver, cost).
     params: ``{"f": potential params, "g": predictor params}``.
     dim: dimension of the space.
-    w2: squared W2 estimate from the dual on held-out samples (``nan`` if unknown).
+    w2: squared W2 estimate from the dual on held-out samples (``nan`` if unknown); for a
+      map of another cost, its transport cost ``E h(x - T(x))`` on held-out samples.
     history: list of logged metric dicts.
     frame: the standardisation the networks were trained in (:class:`Frame`); the map's
       methods take and return the user's units.
@@ -193,6 +196,9 @@ class W2Map:
       ``ott.problems.linear.potentials.DualPotentials`` with ``cost_fn=SqEuclidean()``;
       ``f`` and ``g`` take one point ``(d,)`` and return a scalar.
     """
+    if self.trainer.cost is not None:
+      raise ValueError(f"W2Map.to_ott: only maps of the cost |x - y|^2 convert; this map's "
+                       f"cost is {self.trainer.cost!r}.")
     from ott.geometry import costs  # pylint: disable=import-outside-toplevel  (optional: ott-jax loads on use, it is slow to import)
     from ott.problems.linear import potentials  # pylint: disable=import-outside-toplevel
 
