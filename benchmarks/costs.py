@@ -22,6 +22,7 @@ Run: ``python benchmarks/costs.py --half heldout --dims 8 16 --seconds 60 --out 
 """
 
 import argparse
+import ast
 import json
 import time
 
@@ -41,10 +42,10 @@ def _ott_cost(cost):
   return None  # ott-jax 0.6: no h_legendre for EuclideanP (|z|^p)
 
 
-def run_fit_map(pair, seconds, seed):
+def run_fit_map(pair, seconds, seed, **opts):
   t = time.perf_counter()
   m = neural_ot.fit_map(pair.sample_source, pair.sample_target, cost=pair.extras["cost"],
-                        max_seconds=seconds, seed=seed, progress=False)
+                        max_seconds=seconds, seed=seed, progress=False, **opts)
   steps = m.history[-1]["step"] if m.history else 0
   return m.transport, m.inverse, time.perf_counter() - t, {
       "steps": steps, "potential": m.trainer.potential}
@@ -136,8 +137,11 @@ def main():
   p.add_argument("--methods", nargs="+",
                  default=["identity", "gaussian", "entropic", "entropic-ott", "enot", "fit_map"])
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--opt", action="append", default=[], help="fit_map option key=value")
   p.add_argument("--out", default=None)
   args = p.parse_args()
+  opts = {k: ast.literal_eval(v) if v[:1].isdigit() or v[:1] in "-[(" else v
+          for k, v in (o.split("=", 1) for o in args.opt)}
   names = args.families or cost_family_names(None if args.half == "all" else args.half)
   for dim in args.dims:
     for name in names:
@@ -156,11 +160,14 @@ def main():
           r, secs, rel = got
           extra = {"n": args.n_entropic, "eps_rel": rel}
         else:
-          got = (run_fit_map if method == "fit_map" else run_enot)(pair, args.seconds, args.seed)
+          got = (run_fit_map(pair, args.seconds, args.seed, **opts) if method == "fit_map"
+                 else run_enot(pair, args.seconds, args.seed))
           if got is None:
             continue
           fwd, inv, secs, extra = got
           r = evaluate(pair, fwd, inv)
+        if method == "fit_map" and opts:
+          extra["opts"] = {k: repr(v) for k, v in opts.items()}
         row = dict(family=name, dim=dim, method=method, budget=args.seconds,
                    fwd=round(float(r["uvp_fwd"]), 4), inv=round(float(r["uvp_inv"]), 4),
                    seconds=round(secs, 1), **extra)

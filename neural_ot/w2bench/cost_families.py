@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from neural_ot.geometry.costs import ElasticL1, PNorm
-from neural_ot.w2bench.families import _source
-from neural_ot.w2bench.pairs import KnownMapPair, _mc_constants
+from neural_ot.w2bench.families import source_sampler
+from neural_ot.w2bench.pairs import KnownMapPair, mc_constants
 
 __all__ = ["COST_FAMILIES", "cost_family_pair", "cost_family_names"]
 
@@ -82,7 +82,7 @@ def _ball(rng, d):
 
 
 def _box_diameter(d):
-  # families._source("box"): a rotation of [-1, 1]^d scaled by sqrt(3) * sides, sum sides^2 = d
+  # families.source_sampler("box"): a rotation of [-1, 1]^d scaled by sqrt(3) * sides, sum sides^2 = d
   return 2.0 * float(np.sqrt(3.0 * d))
 
 
@@ -140,7 +140,7 @@ def cost_family_pair(family: str, dim: int, seed: int = 0) -> KnownMapPair:
   if src_kind == "ball":
     sample, diameter = _ball(rng, dim)
   else:
-    sample = _source(src_kind, rng, dim)
+    sample = source_sampler(src_kind, rng, dim)
     diameter = _box_diameter(dim) if src_kind == "box" else float("inf")
   active = np.sort(rng.permutation(dim)[:max(1, (dim + 1) // 2)])
   parts = _phi_parts(rng, dim, active)
@@ -166,6 +166,6 @@ def cost_family_pair(family: str, dim: int, seed: int = 0) -> KnownMapPair:
     phi = _phi(*parts, alpha, beta)
   grad_phi = jax.vmap(jax.grad(phi))
   map_fn = jax.jit(lambda x: x - cost.grad_h_star(grad_phi(x)))
-  var_s, var_t, two_cost = _mc_constants(sample, map_fn)
+  var_s, var_t, two_cost = mc_constants(sample, map_fn)
   return KnownMapPair(dim, sample, map_fn, var_s, var_t, two_cost,
                       f"{family} D={dim} seed={seed}", {"cost": cost, "active": active})

@@ -35,7 +35,7 @@ import numpy as np
 
 from neural_ot.w2bench.pairs import KnownMapPair, potential_pair
 
-__all__ = ["FAMILIES", "family_pair", "family_names"]
+__all__ = ["FAMILIES", "family_pair", "family_names", "source_sampler"]
 
 # name -> (potential kind, source kind, half)
 FAMILIES = {
@@ -70,8 +70,10 @@ def _unit_rows(rng, k, d):
   return (u / np.linalg.norm(u, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _source(kind, rng, d):
-  """A jit-able sampler ``(key, n) -> (n, d)`` with mean ~0 and total variance ~``d``."""
+def source_sampler(kind: str, rng: np.random.Generator, d: int):
+  """A jit-able sampler ``(key, n) -> (n, d)`` of a random source of ``kind`` (``"gmm"``,
+  ``"subspace"``, ``"box"``, ``"student"``, ``"gauss"``; drawn with ``rng``), mean ~0 and total
+  variance ~``d``."""
   if kind in ("gmm", "subspace"):
     k = 5
     latent = d if kind == "gmm" else max(1, d // 4)
@@ -188,7 +190,7 @@ def family_pair(family: str, dim: int, seed: int = 0) -> KnownMapPair:
   pot_kind, src_kind, _ = FAMILIES[family]
   dim = int(dim)
   rng = np.random.default_rng([zlib.crc32(family.encode()), dim, int(seed)])
-  sample = _source(src_kind, rng, dim)
+  sample = source_sampler(src_kind, rng, dim)
   psi0 = _potential(pot_kind, rng, dim)
   # Standardise Q (mean ~0, total variance ~dim): psi = a (psi0 + <shift, x>), a > 0.
   y0 = jax.jit(jax.vmap(jax.grad(psi0)))(sample(jax.random.PRNGKey(int(seed) + 1), 2 ** 14))

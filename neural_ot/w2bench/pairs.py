@@ -17,7 +17,8 @@ import numpy as np
 
 from neural_ot import gaussian
 
-__all__ = ["KnownMapPair", "dense_icnn", "load_pair", "gaussian_pair", "potential_pair",
+__all__ = ["KnownMapPair", "dense_icnn", "load_pair", "gaussian_pair", "mc_constants",
+           "potential_pair",
            "random_pair", "default_data_dir"]
 
 _ENV = "NEURAL_OT_W2BENCH"
@@ -64,7 +65,9 @@ class KnownMapPair:
     return x, self.map_fn(x)
 
 
-def _mc_constants(sample, map_fn, n=2 ** 15, seed=12345):
+def mc_constants(sample, map_fn, n=2 ** 15, seed=12345) -> tuple[float, float, float]:
+  """Monte-Carlo ``(var_source, var_target, E|T(X) - X|^2)`` of the pair ``(sample, map_fn)``
+  on ``n`` samples (total variances: sums over coordinates)."""
   x = sample(jax.random.PRNGKey(seed), n)
   y = map_fn(x)
   var = lambda z: float(jnp.sum(jnp.var(z, axis=0)))
@@ -97,7 +100,7 @@ def potential_pair(sample_source: Callable, potential: Callable, dim: int,
     raise ValueError(f"potential_pair: `sample_source(key, n)` must return shape (n, {dim}); "
                      f"for n=4 it returned {tuple(probe.shape)}.")
   map_fn = jax.jit(jax.vmap(jax.grad(potential)))
-  var_s, var_t, two_cost = _mc_constants(sample_source, map_fn)
+  var_s, var_t, two_cost = mc_constants(sample_source, map_fn)
   return KnownMapPair(dim, sample_source, map_fn, var_s, var_t, two_cost, name)
 
 
