@@ -192,6 +192,18 @@ def test_fit_w2_bad_options(option):
           _usable_map)
 
 
+@settings(max_examples=30, **SETTINGS)
+@given(option=st.sampled_from(_BAD_W2_OPTIONS + [("finetune", "prox"), ("cost", "l1")]))
+def test_fit_map_bad_options(option):
+  # The cost path (an l1 cost: the orthant-wise solver) takes fit_w2's options and checks.
+  name, value = option
+  kw = {**W2_KW, name: value}
+  kind = "unknown option" if name in ("stepz", "learning_rat", "cost") else f"option {name}"
+  names = [f"`{name}`", f"'{name}'"] + (["l1 part"] if name == "finetune" else [])
+  _answer("fit_map", kind, names,
+          lambda: neural_ot.fit_map(X, Y, cost=neural_ot.ElasticL1(0.3), **kw), _usable_map)
+
+
 def _usable_map(mp):
   """A map that came back must be usable: a NaN estimate or map is a silent failure."""
   assert _finite(mp.w2, mp.transport(X[:4]), mp.inverse(Y[:4])), "silent NaN from fit_w2"
