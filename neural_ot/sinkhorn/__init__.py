@@ -3,7 +3,7 @@
 from neural_ot.sinkhorn.adjoint import ImplicitDiff, Unrolled
 from neural_ot.sinkhorn.batch import sinkhorn_batch
 from neural_ot.sinkhorn.divergence import sinkhorn_divergence
-from neural_ot.sinkhorn.entropic_map import entropic_map
+from neural_ot.sinkhorn.entropic import entropic_map
 from neural_ot.sinkhorn.output import SinkhornOutput
 from neural_ot.sinkhorn.solver import Sinkhorn, SinkhornState, dual_objective, sinkhorn
 
