@@ -120,6 +120,10 @@ def test_entropic_map_equals_ott_jax_and_the_barycentric_projection():
                              pot.transport(y[:16], forward=False), atol=1e-4)
   sq = neural_ot.sinkhorn(x, y, epsilon=0.1, tol=1e-6, max_iters=20000)
   np.testing.assert_allclose(neural_ot.entropic_map(sq, x), sq.barycentric_map(), atol=1e-4)
+  with pytest.raises(ValueError, match="batch_size"):
+    neural_ot.entropic_map(out, x, batch_size=0)
+  with pytest.raises(TypeError, match="forward"):
+    neural_ot.entropic_map(out, x, forward="no")
   with pytest.raises(ValueError, match="translation invariant"):
     neural_ot.entropic_map(neural_ot.sinkhorn(x, y, epsilon=0.1, cost="cosine"), x)
 

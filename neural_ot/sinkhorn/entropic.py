@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from neural_ot.geometry.costs import TICost
 from neural_ot.sinkhorn.output import SinkhornOutput, fold
@@ -62,6 +63,11 @@ def entropic_map(out: SinkhornOutput, points, forward: bool = True,
   if not isinstance(cost, TICost):
     raise ValueError(f"entropic_map: the solution's cost must be translation invariant "
                      f"(neural_ot.TICost), got {type(cost).__name__}.")
+  if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+          and batch_size >= 1):
+    raise ValueError(f"entropic_map: `batch_size` must be an int >= 1, got {batch_size!r}.")
+  if not isinstance(forward, (bool, np.bool_)):
+    raise TypeError(f"entropic_map: `forward` must be True or False, got {forward!r}.")
   pts = jnp.asarray(points)
   d = out.geom.x.shape[1]
   if pts.ndim != 2 or pts.shape[1] != d:

@@ -306,9 +306,6 @@ def fit_map(source, target, *, cost: TICost, standardize: bool = True,
                     f"SqEuclidean), got {type(cost).__name__}.")
   if isinstance(cost, SqEuclidean):
     return _fit("fit_map", source, target, None, standardize, init_map, options)
-  dim = np.shape(source)[-1] if not callable(source) else np.shape(source(
-      jax.random.PRNGKey(0), 2))[-1]
-  cost.check_for_maps(int(dim))
   return _fit("fit_map", source, target, cost, standardize, init_map, options)
 
 
@@ -330,6 +327,8 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
   steps, max_seconds, seed, dtype = opts.steps, opts.max_seconds, opts.seed, opts.dtype
   pair = _Pair.prepare(source, target, dtype, seed, who)
   dim = pair.dim
+  if cost is not None:  # checked on the data's dimension, once the data are checked
+    cost.check_for_maps(dim, who)
   chosen = options.pop("potential", "auto")
   if chosen == "auto" and "activation" in options:
     chosen = "icnn"  # an activation is an ICNN option
