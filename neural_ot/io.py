@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-__all__ = ["save_atomic", "write_bytes_atomic", "write_json_atomic", "load", "read_map_file",
+__all__ = ["save_atomic", "write_bytes_atomic", "write_json_atomic", "seen_by_all", "load", "read_map_file",
            "check_map_contents", "CHECKPOINT_FORMAT", "W2_MAP_FORMAT", "CONDITIONAL_MAP_FORMAT"]
 
 CHECKPOINT_FORMAT = "neural_ot.Checkpoint/1"
@@ -51,8 +51,31 @@ def write_json_atomic(path: str, obj: Any) -> None:
   write_bytes_atomic(path, json.dumps(obj, sort_keys=True).encode())
 
 
+def seen_by_all(path: str, name: str) -> bool:
+  """Whether the file ``path`` exists; with several processes every one must agree (a resume
+  that only some of them see would train different states), else a clear error."""
+  here = os.path.isfile(path)
+  if jax.process_count() == 1:
+    return here
+  from jax.experimental import multihost_utils
+  seen = np.asarray(multihost_utils.process_allgather(np.asarray([here], np.int32)))
+  if seen.min() != seen.max():
+    raise ValueError(
+        f"{name}: the checkpoint {path!r} is seen by processes {np.flatnonzero(seen).tolist()} "
+        f"but not by {np.flatnonzero(seen == 0).tolist()}: with several processes "
+        f"`checkpoint_dir` must be a folder every process sees (a shared filesystem); process 0 "
+        f"writes it.")
+  return here
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
-  """Write ``data`` to ``path`` through a flushed temporary file renamed over it."""
+  """Write ``data`` to ``path`` through a flushed temporary file renamed over it.
+
+  With several processes (``jax.distributed``) only process 0 writes: every process may call
+  this with the same (replicated) contents, as the fits do, and the file is written once.
+  """
+  if jax.process_index() != 0:
+    return
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)

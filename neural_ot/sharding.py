@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["make_mesh", "pad_points", "shard_points", "mesh_of", "check_mesh_axis"]
+__all__ = ["make_mesh", "pad_points", "shard_points", "process_points", "mesh_of",
+           "check_mesh_axis"]
 
 
 def make_mesh(devices=None, axis_name: str = "points") -> Mesh:
@@ -48,6 +49,49 @@ def shard_points(x, mesh: Mesh, axis_name: str | None = None):
     raise ValueError(f"shard_points: {x.shape[0]} points do not split over {size} devices; "
                      f"pad them first (pad_points).")
   return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis_name)))
+
+
+def process_points(x, mesh: Mesh, weights=None, axis_name: str | None = None):
+  """One global point cloud from each process's own rows (several processes, ``jax.distributed``).
+
+  Every process calls this with its local rows ``x: (n_p, d)`` (and optionally their weights
+  ``(n_p,)``, not normalised across processes); the result ``(x, w)`` is a pair of global
+  arrays split over the mesh axis, process by process, each process's rows on its own devices,
+  ready for :func:`neural_ot.sinkhorn` and friends (which see their sharding and solve on the
+  mesh). Local rows are padded (zero-weight copies of the first row) to one count on every
+  process, a multiple of its devices on the axis. Without ``weights`` every real row weighs ``1 / n`` (``n`` the total over
+  processes). On one process this is :func:`pad_points` + :func:`shard_points`.
+  """
+  axis_name = check_mesh_axis(mesh, axis_name)
+  x = np.asarray(x)
+  if x.ndim != 2 or x.shape[0] == 0:
+    raise ValueError(f"process_points: `x` must be this process's rows, shape (n_p, d) with "
+                     f"n_p >= 1, got shape {x.shape}.")
+  n_local = x.shape[0]
+  w = np.ones(n_local, np.float32) if weights is None else np.asarray(weights, np.float32)
+  if w.shape != (n_local,):
+    raise ValueError(f"process_points: `weights` must have shape ({n_local},) like `x`'s rows, "
+                     f"got {w.shape}.")
+  counts = np.asarray([n_local])
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray([n_local], np.int32)))
+  if weights is None:
+    w = w / float(np.sum(counts))
+  here = sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+  if here == 0:
+    raise ValueError("process_points: the mesh has none of this process's devices.")
+  rows = -(-int(np.max(counts)) // here) * here  # every process: the same padded row count
+  pad = rows - n_local
+  xp = np.concatenate([x, np.broadcast_to(x[:1], (pad,) + x.shape[1:])]) if pad else x
+  wp = np.concatenate([w, np.zeros(pad, w.dtype)]) if pad else w
+  total = rows * (mesh.shape[axis_name] // here)
+  pieces = []
+  for local in (xp, wp):
+    spec = PartitionSpec(axis_name, *([None] * (local.ndim - 1)))
+    pieces.append(jax.make_array_from_process_local_data(
+        NamedSharding(mesh, spec), local, (total,) + local.shape[1:]))
+  return pieces[0], pieces[1]
 
 
 def mesh_of(x):

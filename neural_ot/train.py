@@ -342,8 +342,11 @@ def _loop(trainer, state, sampler, data, key, opts: FitOptions, *, checkpoint_pa
     raise ValueError(f"{name}: `plan_seconds` must be a number > 0, got {plan_seconds!r}.")
   t_start = time.perf_counter()
   history = list(history or [])
-  prog = _Progress(name, progress)
-  if checkpoint_path and resume and os.path.isfile(checkpoint_path):
+  # Several processes (jax.distributed) run this loop in lockstep: the same steps, the same
+  # decisions (process 0's clock decides), one writer and one progress line (process 0's).
+  lockstep = jax.process_count() > 1
+  prog = _Progress(name, progress and jax.process_index() == 0)
+  if checkpoint_path and resume and io.seen_by_all(checkpoint_path, name):
     state, history = _restore(checkpoint_path, state, fingerprint, name)
     prog.note(f"resuming from step {int(state.step)} ({checkpoint_path})")
   limit = steps if steps is not None else 2 ** 31 - 1
@@ -361,13 +364,21 @@ def _loop(trainer, state, sampler, data, key, opts: FitOptions, *, checkpoint_pa
   start = done
   t_first, eval_s, last_ckpt, next_eval = None, 0.0, done, float(eval_seconds or 0.0)
   mpn = jnp.asarray(opts.max_param_norm, jnp.float32)
+  # Steps with collectives on CPU devices keep at most one step queued behind the running one:
+  # with up to 99 queued, 300 data-parallel fit_w2 steps on 2 processes x 2 CPU devices (gloo)
+  # hung in 3 of 3 runs, and 100 fit_meta steps on 4 forced CPU devices of one process
+  # aborted (a device missed an all-reduce's 40 s rendezvous); with one queued, all finished.
+  short_queue = lockstep or (placement is not None and jax.default_backend() == "cpu")
   try:
     while done < limit:
       n = min(log_every - done % log_every, limit - done)
       if t_first is None:
         n = 1  # the compiling step, timed on its own
       for _ in range(n):
+        prev = ok
         state, ok, metrics = step_fn(state, ok, key, data, mpn)
+        if short_queue:
+          prev.block_until_ready()
       good = bool(ok)  # the fetch: one host sync per log_every steps
       now = time.perf_counter()
       if not good:
@@ -385,13 +396,20 @@ def _loop(trainer, state, sampler, data, key, opts: FitOptions, *, checkpoint_pa
         t_first, start = now, done
       seconds = now - t_first - eval_s
       rate = (done - start) / seconds if seconds > 0 else float("nan")
+      horizon = None
       if max_seconds is not None and done > start:
         elapsed = now - t_start
         planned = done + max(int(rate * (max_seconds - elapsed)), 0)
         limit = min(steps, planned) if steps is not None else planned
         horizon = limit if plan_seconds is None else done + max(
             int(rate * (plan_seconds - elapsed)), 0)
-        state = state._replace(horizon=jnp.asarray(float(max(horizon, 1)), jnp.float32))
+      eval_due = bool((eval_every and done % eval_every == 0) or (
+          eval_seconds and seconds >= next_eval))
+      ckpt_due = bool(opts.checkpoint_seconds and seconds - last_ckpt_s >= opts.checkpoint_seconds)
+      if lockstep:  # process 0's clock decides for every process
+        limit, horizon, eval_due, ckpt_due = _agree(limit, horizon, eval_due, ckpt_due)
+      if horizon is not None:  # placed like the old one: a new placement would recompile
+        state = state._replace(horizon=_like(float(max(horizon, 1)), state.horizon))
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
       eta = (limit - done) / rate if rate > 0 else float("nan")
       if done % log_every == 0 or done >= limit:
@@ -399,16 +417,14 @@ def _loop(trainer, state, sampler, data, key, opts: FitOptions, *, checkpoint_pa
         prog.show(done, limit, rate, eta, m, show)
         if callback is not None:
           callback(done, m)
-      due = (eval_every and done % eval_every == 0) or (
-          eval_seconds and seconds >= next_eval) or done >= limit
+      due = eval_due or done >= limit
       if eval_fn is not None and (eval_every or eval_seconds) and due:
         next_eval = (math.floor(seconds / eval_seconds) + 1) * eval_seconds if eval_seconds else 0
         t = time.perf_counter()
         history.append({"step": done, "seconds": seconds, **{
             k: float(v) for k, v in eval_fn(state, done).items()}})
         eval_s += time.perf_counter() - t
-      if checkpoint_path and (done - last_ckpt >= checkpoint_every or (
-          opts.checkpoint_seconds and seconds - last_ckpt_s >= opts.checkpoint_seconds)):
+      if checkpoint_path and (done - last_ckpt >= checkpoint_every or ckpt_due):
         save(state)
         last_ckpt, last_ckpt_s = done, seconds
   except KeyboardInterrupt:
@@ -419,10 +435,25 @@ def _loop(trainer, state, sampler, data, key, opts: FitOptions, *, checkpoint_pa
                 f"run the same command again to resume")
     raise
   prog.close()
-  state = state._replace(horizon=jnp.asarray(float(max(done, 1)), jnp.float32)) if (
+  state = state._replace(horizon=_like(float(max(done, 1)), state.horizon)) if (
       max_seconds is not None and plan_seconds is None) else state
   save(state)
   return state, history
+
+
+def _like(value: float, old: jax.Array) -> jax.Array:
+  """``value`` as a float32 scalar placed like ``old`` (every process gives the same value)."""
+  return jax.device_put(np.float32(value), old.sharding)
+
+
+def _agree(limit: int, horizon, eval_due: bool, ckpt_due: bool):
+  """Process 0's ``(limit, horizon, eval_due, ckpt_due)`` on every process (a collective)."""
+  from jax.experimental import multihost_utils
+  top = np.iinfo(np.int32).max
+  vals = np.asarray([min(limit, top), -1 if horizon is None else min(horizon, top), eval_due,
+                     ckpt_due], np.int32)
+  vals = np.asarray(multihost_utils.broadcast_one_to_all(vals))
+  return int(vals[0]), None if vals[1] < 0 else int(vals[1]), bool(vals[2]), bool(vals[3])
 
 
 def _restore(path, template: TrainState, fingerprint: str, name: str):

@@ -218,6 +218,7 @@ class MetaTrainer:
 class _PairsSampler:
   pairs: Callable
   batch_size: int
+  sharding: Any = None  # a NamedSharding: split the batch of problems over devices
 
   def __call__(self, key, data):
     a, b = self.pairs(key, self.batch_size)
@@ -225,7 +226,11 @@ class _PairsSampler:
     if jnp.shape(a) != want or jnp.shape(b) != want:  # static shapes: checked while tracing
       raise ValueError(f"fit_meta: `pairs(key, {self.batch_size})` must return two {want} "
                        f"arrays, got {jnp.shape(a)} and {jnp.shape(b)}.")
-    return jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), data["support"]
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    if self.sharding is not None:
+      a = jax.lax.with_sharding_constraint(a, self.sharding)
+      b = jax.lax.with_sharding_constraint(b, self.sharding)
+    return a, b, data["support"]
 
 
 def _probe_pairs(pairs, n: int, k: int = 2):
@@ -278,8 +283,9 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, learning_rate: float =
       ``steps`` (default 2000), ``batch_size`` (default 64), ``seed``, ``max_seconds``,
       ``checkpoint_dir``, ``checkpoint_every``, ``resume``, ``progress``, ``log_every``,
       ``callback``, ``eval_fn(model, step)``, ``eval_every``, ``eval_seconds``,
-      ``max_param_norm`` (float32 on one device: ``dtype``, ``mesh`` and ``axis_name`` are
-      refused).
+      ``max_param_norm``, ``mesh`` and ``axis_name`` (data parallel: each step's problems are
+      split over the devices of the mesh axis, on one or several processes); float32 only
+      (``dtype`` is refused).
 
   Example:
     >>> import jax
@@ -297,7 +303,7 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, learning_rate: float =
     raise ValueError(f"fit_meta: `support` is too spread out: its squared diameter "
                      f"{cost_max:.3g} overflows float32.")
   opts, unknown = train.FitOptions.from_kwargs(
-      "fit_meta", options, default_steps=2000, unsupported=("dtype", "mesh", "axis_name"),
+      "fit_meta", options, default_steps=2000, unsupported=("dtype",),
       steps=2000, batch_size=64)
   if unknown:
     raise TypeError(f"fit_meta: unknown option(s) {sorted(unknown)}.")
@@ -342,9 +348,10 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, learning_rate: float =
   def make_model(st, history=()):
     return MetaOT(support, trainer.epsilon, trainer.hidden, st.params, tuple(history), base)
 
+  sharding, placement = train.data_parallel(opts.mesh, opts.axis_name, batch_size, "fit_meta")
   state, history = train.run_fit(
-      "fit_meta", opts, trainer, state, _PairsSampler(pairs, batch_size), {"support": support},
-      k_data, fingerprint=fingerprint, make_result=make_model, show=("dual",),
-      advice="Lower `learning_rate` or raise `epsilon`")
+      "fit_meta", opts, trainer, state, _PairsSampler(pairs, batch_size, sharding),
+      {"support": support}, k_data, fingerprint=fingerprint, make_result=make_model,
+      show=("dual",), placement=placement, advice="Lower `learning_rate` or raise `epsilon`")
   return make_model(state, [{"step": h["step"], "dual": h["dual"]} for h in history
                             if "dual" in h])

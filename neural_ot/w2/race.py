@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 from neural_ot import io
@@ -72,7 +73,7 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
   record = ckpt("race.json")
   key = _record_key(trainers, fingerprint)
   done = None
-  if record and resume and os.path.isfile(record):
+  if record and resume and io.seen_by_all(record, "fit_w2"):
     with open(record, encoding="utf-8") as fh:
       saved = json.load(fh)
     if saved.get("fingerprint") == key:
@@ -122,6 +123,9 @@ def fall_back(choice: dict, states: dict, dual_end: float):
 
 def copy_checkpoint(src, dst):
   """Copy the file ``src`` to ``dst`` atomically, when ``src`` exists."""
-  if src and os.path.isfile(src):
+  if src and os.path.isfile(src) and jax.process_index() == 0:
     with open(src, "rb") as fh:
       io.write_bytes_atomic(dst, fh.read())
+  if jax.process_count() > 1:  # every process continues once the copy is there
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"neural_ot copy_checkpoint {dst}")
