@@ -140,7 +140,8 @@ def main():
   p.add_argument("--opt", action="append", default=[], help="fit_map option key=value")
   p.add_argument("--out", default=None)
   args = p.parse_args()
-  opts = {k: ast.literal_eval(v) if v[:1].isdigit() or v[:1] in "-[(" else v
+  literal = lambda v: v[:1].isdigit() or v[:1] in "-[(" or v in ("True", "False", "None")
+  opts = {k: ast.literal_eval(v) if literal(v) else v
           for k, v in (o.split("=", 1) for o in args.opt)}
   names = args.families or cost_family_names(None if args.half == "all" else args.half)
   for dim in args.dims:

@@ -193,3 +193,27 @@ def test_orthant_wise_lbfgs_and_proximal_gradient_reach_the_same_l1_optimum():
   assert np.median(np.asarray(owl.n_iters)) < 0.7 * np.median(np.asarray(prox.n_iters))
   with pytest.raises(ValueError, match="l1 part"):
     W2Trainer(finetune="prox")
+
+
+def test_growth_of_h_matches_the_closed_forms():
+  assert PNorm(2, 1.5).growth(3) == pytest.approx(1.5, abs=1e-3)
+  assert PNorm(2, 3.0).scaled(2.5).growth(3) == pytest.approx(3.0, abs=1e-3)
+  assert SqEuclidean().growth(5) == pytest.approx(2.0, abs=1e-3)
+  assert 1.99 < ElasticL1(0.1).growth(4) <= 2.0
+  user = TranslationInvariant(lambda z: jnp.sqrt(1.0 + jnp.sum(z * z)) ** 1.2)
+  assert user.growth(2) == pytest.approx(1.2, abs=1e-2)
+
+
+def test_fit_map_with_a_subquadratic_cost_learns_a_contraction():
+  """y = x / 2 + 1: x - T(x) = x / 2 - 1 is c-cyclically monotone for every radial convex h
+  (the transported pairs are a contraction of the chords), so T is the |z|^1.5-optimal map.
+  A Gaussian-started (or trained) quadratic makes this cost's c-transform unbounded: the fit
+  diverged at step 1 before `fixed_quadratic`."""
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3000, 2)))
+  y = 0.5 * x + 1.0
+  m = neural_ot.fit_map(x, y, cost=PNorm(2, 1.5), steps=300, batch_size=256, progress=False)
+  assert m.trainer.fixed_quadratic and m.trainer.init == "identity"
+  err = lambda a, b: float(np.sqrt(np.mean(np.sum((np.asarray(a) - b) ** 2, -1))))
+  assert err(m.transport(x[:500]), y[:500]) < 0.1 * err(x[:500], y[:500])
+  quad = m.params["f"]["params"]["quad"]
+  np.testing.assert_array_equal(quad, np.eye(2))  # the quadratic term did not train

@@ -82,6 +82,24 @@ class TICost(Cost):
                        f"of a chord is not below the chord: gap {gap.min():.3g}); maps need "
                        f"a strictly convex h, e.g. PNorm(2, 1.5), ElasticL1(0.1).")
 
+  def growth(self, dim: int) -> float:
+    """How fast ``h`` grows far away: ``k`` in ``h(r u) ~ r^k`` (2 for quadratic costs).
+
+    Estimated from ``h`` at radii 1e2 and 1e3 along two directions of ``R^dim`` (the smaller
+    of the two); closed forms override it. Below 2 a potential with a quadratic part other than
+    ``0.5 |x|^2`` has an unbounded c-transform, so :func:`neural_ot.fit_map` keeps that part
+    fixed (``W2Trainer.fixed_quadratic``)."""
+    dirs = np.zeros((2, dim), np.float32)
+    dirs[0, 0] = 1.0
+    dirs[1] = 1.0 / np.sqrt(dim)
+    h = jax.vmap(self.h)
+    h0 = float(self.h(jnp.zeros((dim,), jnp.float32)))
+    near = np.asarray(h(jnp.asarray(1e2 * dirs)), np.float64) - h0
+    far = np.asarray(h(jnp.asarray(1e3 * dirs)), np.float64) - h0
+    with np.errstate(divide="ignore", invalid="ignore"):
+      k = np.log10(far / near)
+    return float(np.min(np.where(np.isfinite(k), k, 2.0)))
+
   def residual(self, z: jax.Array) -> jax.Array:
     """``h(z) - 0.5 |z|^2``: what the cost adds to the W2 conjugate (``z: (d,)``)."""
     return self.h(z) - 0.5 * jnp.sum(z * z)
@@ -147,6 +165,9 @@ class _Scaled(TICost):
 
   def h(self, z):
     return self.base.h(self.s * z) / self.s ** 2
+
+  def growth(self, dim):
+    return self.base.growth(dim)
 
   def grad_h(self, z):
     return self.base.grad_h(self.s * z) / self.s

@@ -17,7 +17,8 @@ MLP_DIMS = (4, 64)  # the dimensions (inclusive) whose default potential is the 
 
 
 def default_options(dim: int, n: int | None = None, potential: str | None = None, *,
-                    conditional: bool = False, l1_cost: bool = False) -> dict:
+                    conditional: bool = False, l1_cost: bool = False,
+                    subquadratic: bool = False) -> dict:
   """The settings a W2 fit uses for data of dimension ``dim`` (and ``n`` training rows).
 
   A function of the data's shape only, never of a benchmark file (the data are standardised
@@ -41,6 +42,16 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
     forward / inverse L2-UVP 0.11 / 0.13 % and 0.38 / 0.33 % against 0.17 / 0.18 % and
     0.50 / 0.47 % with 10 steps, and 0.29 / 0.30 % and 0.48 / 0.44 % with proximal gradient;
     ``benchmarks/RESULTS.md``, "Maps for non-quadratic costs").
+  * ``subquadratic=True`` (``fit_map`` with a cost whose ``h`` grows slower than ``|z|^2``, e.g.
+    ``PNorm(2, 1.5)``: :meth:`~neural_ot.TICost.growth` < 2): the potential starts at the
+    identity map and its quadratic part stays ``0.5 |x|^2`` (``fixed_quadratic``); ``fit_map``
+    then takes the MLP potential at every dimension (no race: an ICNN on top of that fixed
+    quadratic cannot represent a contraction). A trained
+    or Gaussian-started quadratic makes the c-transform unbounded below wherever its
+    curvature drops under 1: on a contracting 2-D pair ``fit_map`` diverged at step 1-2 in
+    6 of 6 runs (3 seeds, two widths) with the Gaussian start and in 4 of 6 by step 65 with
+    the identity start alone, and trained in 6 of 6 with both (``benchmarks/RESULTS.md``,
+    "Costs that grow slower than |z|^2").
   * ``conditional=True`` (``fit_conditional_w2``): the ICNN (conditional networks are ICNNs in
     ``x``), a rate of at most 1e-2 (a Gaussian family, D = 4, 16 contexts: 5-10x lower forward
     L2-UVP than 5e-2 after 1000 steps, lower held-out error than 3e-3; ``benchmarks/
@@ -54,6 +65,7 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
       picks it from ``dim``.
     conditional: the settings of a conditional fit.
     l1_cost: the settings of a fit whose cost has an ``l1`` part.
+    subquadratic: the settings of a fit whose cost grows slower than ``|z|^2``.
 
   Returns:
     A dict of ``W2Trainer`` fields plus ``batch_size``.
@@ -96,6 +108,8 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
              predictor_hidden=(2 * m, 2 * m), learning_rate=lr,
              final_lr_fraction=0.05 if conditional else 0.005,
              finetune_iters=5 if l1_cost else 10, finetune_tol=1e-3, batch_size=batch)
+  if subquadratic:
+    out.update(init="identity", fixed_quadratic=True)
   return out
 
 

@@ -334,12 +334,16 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
     chosen = "icnn"  # an activation is an ICNN option
   if not (isinstance(chosen, str) and chosen in ("auto", "icnn", "mlp")):
     raise ValueError(f"{who}: `potential` must be 'auto', 'icnn' or 'mlp', got {chosen!r}.")
+  l1_cost = cost is not None and cost.l1_weight > 0
+  subquadratic = cost is not None and cost.growth(dim) < 1.99
+  if subquadratic and chosen == "auto":
+    chosen = "mlp"  # with psi's quadratic fixed at 0.5 |x|^2 an ICNN cannot contract
   racing = chosen == "auto" and init_map is None and race.worthwhile(steps, max_seconds)
   if chosen == "auto" and not racing:
     chosen = None  # a short run or a fine-tune: the dimension's rule (default_options)
   candidates = race.CANDIDATES if racing else (chosen,)
-  l1_cost = cost is not None and cost.l1_weight > 0
-  defaults = {c: default_options(dim, pair.n_min, c, l1_cost=l1_cost) for c in candidates}
+  defaults = {c: default_options(dim, pair.n_min, c, l1_cost=l1_cost, subquadratic=subquadratic)
+              for c in candidates}
   batch_size = defaults[candidates[0]]["batch_size"] if opts.batch_size is None else \
       opts.batch_size
   opts = dataclasses.replace(opts, batch_size=batch_size)

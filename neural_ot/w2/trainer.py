@@ -93,6 +93,9 @@ class W2Trainer:
       ``max_x <x, y> - psi(x) - r(x - y)`` with ``r = h - 0.5 |.|^2`` (so ``r = 0`` is the W2
       case) and the map ``x - grad h*(x - grad psi(x))``; an ``l1`` part of ``h`` is solved
       by orthant-wise L-BFGS (``finetune="lbfgs"``) or proximal gradient (``"prox"``).
+    fixed_quadratic: the potential's quadratic term keeps its starting value (the others
+      train). For costs that grow slower than ``|z|^2`` (``fit_map`` sets it, with
+      ``init="identity"``): any curvature of ``psi`` below 1 makes their conjugate unbounded.
   """
 
   potential: str = "icnn"
@@ -119,6 +122,7 @@ class W2Trainer:
   batch_candidates: bool = True
   leak: float = 0.0
   cost: Any = None
+  fixed_quadratic: bool = False
 
   def __post_init__(self):
     if isinstance(self.cost, dict):  # a saved map's configuration
@@ -269,9 +273,15 @@ class W2Trainer:
   def optimizer(self) -> optax.GradientTransformation:
     """Clipped AdamW at unit rate; :meth:`step` scales its updates by the schedule."""
     mask = lambda p: {"f": self.f_module.decay_mask(p["f"]), "g": self.g_module.decay_mask(p["g"])}
-    return optax.chain(optax.clip_by_global_norm(self.grad_clip),
-                       optax.adamw(1.0, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
-                                   mask=mask))
+    opt = optax.chain(optax.clip_by_global_norm(self.grad_clip),
+                      optax.adamw(1.0, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
+                                  mask=mask))
+    if not self.fixed_quadratic:
+      return opt
+    # the potential's quadratic term keeps its start: every other parameter trains
+    quad = lambda p: {"f": jax.tree.map(lambda m: not m, self.f_module.decay_mask(p["f"])),
+                      "g": jax.tree.map(lambda m: False, p["g"])}
+    return optax.chain(opt, optax.masked(optax.set_to_zero(), quad))
 
   def init_params(self, key: jax.Array, dim: int, dtype=jnp.float32):
     """Freshly initialised ``{"f": ..., "g": ...}`` for dimension ``dim``."""
