@@ -197,7 +197,7 @@ def check_config(solver):
     v = getattr(solver, name)
     if not (is_int(v) and v >= 1):
       raise ValueError(f"`{name}` must be a positive int, got {v!r}.")
-  for name in ("relative_epsilon", "record_errors"):
+  for name in ("relative_epsilon", "record_errors", "init_check"):
     if not isinstance(getattr(solver, name), (bool, np.bool_)):
       raise TypeError(f"`{name}` must be True or False, got {getattr(solver, name)!r}.")
   if not (_is_real(solver.tol) and solver.tol > 0):

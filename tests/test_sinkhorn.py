@@ -422,3 +422,25 @@ def test_warm_start_is_not_slower_than_zeros_at_tight_tolerances():
   zeros, warm = (_iters_to(e, tols) for e in errors(x, y, y_near))
   assert np.all(np.median(warm, 0) < np.median(zeros, 0)), (warm, zeros)
   assert np.mean(warm > zeros) <= 1 / k, (warm, zeros)  # per pair and tolerance
+
+
+def test_a_warm_start_worse_than_zeros_is_replaced_by_zeros():
+  """``init_check``: a start whose first marginal error is above the zeros start's is dropped,
+  so the solve is the zeros solve (same iterations, same potentials); a good start is kept."""
+  k = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(k[0], (120, 2))
+  y = jax.random.normal(k[1], (90, 2)) + 1.0
+  opts = dict(epsilon=0.05, tol=1e-4)
+  zeros = neural_ot.sinkhorn(x, y, **opts)
+  bad = 3.0 * jax.random.normal(k[2], (120,))  # a prediction for some other problem
+  off = neural_ot.sinkhorn(x, y, init=(bad, None), init_check=False, **opts)
+  on = neural_ot.sinkhorn(x, y, init=(bad, None), **opts)
+  assert int(off.n_iters) > int(zeros.n_iters)  # the bad start costs iterations unchecked
+  assert int(on.n_iters) == int(zeros.n_iters)
+  np.testing.assert_array_equal(on.f, zeros.f)
+  good = neural_ot.sinkhorn(x, y, init=(zeros.f, None), **opts)  # the solution: kept
+  assert int(good.n_iters) <= 1
+  with pytest.raises(ValueError, match="must be finite"):  # still refused, not replaced
+    neural_ot.sinkhorn(x, y, init=(jnp.full((120,), jnp.nan), None), **opts)
+  with pytest.raises(TypeError, match="init_check"):
+    neural_ot.sinkhorn(x, y, init_check="yes", **opts)
