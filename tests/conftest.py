@@ -27,3 +27,8 @@ def _release_compiled_code():
   yield
   jax.clear_caches()
   gc.collect()
+
+
+# A program run once per process by tests/test_multiprocess.py (it parses its own command line
+# and starts jax.distributed at import): not a module for pytest to import.
+collect_ignore = ["multidevice/multiprocess_checks.py"]
