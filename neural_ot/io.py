@@ -16,8 +16,9 @@ import jax
 import numpy as np
 from flax import serialization
 
-__all__ = ["save_atomic", "write_bytes_atomic", "write_json_atomic", "seen_by_all", "load", "read_map_file",
-           "check_map_contents", "CHECKPOINT_FORMAT", "W2_MAP_FORMAT", "CONDITIONAL_MAP_FORMAT"]
+__all__ = ["save_atomic", "write_bytes_atomic", "write_json_atomic", "seen_by_all", "load",
+           "read_map_file", "check_map_contents", "CHECKPOINT_FORMAT", "W2_MAP_FORMAT",
+           "CONDITIONAL_MAP_FORMAT"]
 
 CHECKPOINT_FORMAT = "neural_ot.Checkpoint/1"
 W2_MAP_FORMAT = "neural_ot.W2Map/1"

@@ -52,15 +52,15 @@ def shard_points(x, mesh: Mesh, axis_name: str | None = None):
 
 
 def process_points(x, mesh: Mesh, weights=None, axis_name: str | None = None):
-  """One global point cloud from each process's own rows (several processes, ``jax.distributed``).
+  """One global point cloud from each process's own rows (several processes, jax.distributed).
 
   Every process calls this with its local rows ``x: (n_p, d)`` (and optionally their weights
   ``(n_p,)``, not normalised across processes); the result ``(x, w)`` is a pair of global
-  arrays split over the mesh axis, process by process, each process's rows on its own devices,
-  ready for :func:`neural_ot.sinkhorn` and friends (which see their sharding and solve on the
-  mesh). Local rows are padded (zero-weight copies of the first row) to one count on every
-  process, a multiple of its devices on the axis. Without ``weights`` every real row weighs ``1 / n`` (``n`` the total over
-  processes). On one process this is :func:`pad_points` + :func:`shard_points`.
+  arrays split over the mesh axis, each process's rows on its own devices, ready for
+  :func:`neural_ot.sinkhorn` and friends (which see their sharding and solve on the mesh).
+  Local rows are padded (zero-weight copies of the first row) to one count on every process, a
+  multiple of its devices on the axis. Without ``weights`` every real row weighs ``1 / n``
+  (``n`` the total over processes). Needs numpy (host) rows: each process's own data.
   """
   axis_name = check_mesh_axis(mesh, axis_name)
   x = np.asarray(x)

@@ -40,3 +40,23 @@ def test_one_device_mesh_equals_plain_solve():
   ref = neural_ot.sinkhorn(x, y, epsilon=0.1, tol=1e-5, online=True)
   np.testing.assert_allclose(out.reg_ot_cost, ref.reg_ot_cost, rtol=1e-6)
   np.testing.assert_allclose(out.f, ref.f, atol=1e-5)
+
+
+def test_process_points_on_one_process_is_the_cloud_with_uniform_weights():
+  import jax
+  import numpy as np
+  from neural_ot.sharding import process_points
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(37, 2)).astype(np.float32), rng.normal(size=(29, 2)).astype(np.float32)
+  mesh = make_mesh(jax.devices()[:1])
+  xg, a = process_points(x, mesh)
+  yg, b = process_points(y, mesh, weights=np.full(29, 1 / 29))
+  np.testing.assert_array_equal(xg, x)
+  np.testing.assert_allclose(a, np.full(37, 1 / 37), rtol=1e-6)
+  out = neural_ot.sinkhorn(xg, yg, a, b, epsilon=0.1, tol=1e-5)
+  ref = neural_ot.sinkhorn(x, y, epsilon=0.1, tol=1e-5)
+  np.testing.assert_allclose(out.reg_ot_cost, ref.reg_ot_cost, rtol=1e-5)
+  with pytest.raises(ValueError, match="`x` must be this process's rows"):
+    process_points(x[0], mesh)
+  with pytest.raises(ValueError, match="`weights` must have shape"):
+    process_points(x, mesh, weights=np.ones(5))

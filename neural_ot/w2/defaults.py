@@ -46,12 +46,11 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
     ``PNorm(2, 1.5)``: :meth:`~neural_ot.TICost.growth` < 2): the potential starts at the
     identity map and its quadratic part stays ``0.5 |x|^2`` (``fixed_quadratic``); ``fit_map``
     then takes the MLP potential at every dimension (no race: an ICNN on top of that fixed
-    quadratic cannot represent a contraction). A trained
-    or Gaussian-started quadratic makes the c-transform unbounded below wherever its
-    curvature drops under 1: on a contracting 2-D pair ``fit_map`` diverged at step 1-2 in
-    6 of 6 runs (3 seeds, two widths) with the Gaussian start and in 4 of 6 by step 65 with
-    the identity start alone, and trained in 6 of 6 with both (``benchmarks/RESULTS.md``,
-    "Costs that grow slower than |z|^2").
+    quadratic cannot represent a contraction). A trained or Gaussian-started quadratic makes
+    the c-transform unbounded below wherever its curvature drops under 1: on a contracting 2-D
+    pair ``fit_map`` diverged at step 1-2 in 6 of 6 runs (3 seeds, two widths) with the
+    Gaussian start and in 4 of 6 by step 65 with the identity start alone, and trained in 6 of
+    6 with both (``benchmarks/RESULTS.md``, "Costs that grow slower than |z|^2").
   * ``conditional=True`` (``fit_conditional_w2``): the ICNN (conditional networks are ICNNs in
     ``x``), a rate of at most 1e-2 (a Gaussian family, D = 4, 16 contexts: 5-10x lower forward
     L2-UVP than 5e-2 after 1000 steps, lower held-out error than 3e-3; ``benchmarks/
