@@ -217,3 +217,10 @@ def test_fit_map_with_a_subquadratic_cost_learns_a_contraction():
   assert err(m.transport(x[:500]), y[:500]) < 0.1 * err(x[:500], y[:500])
   quad = m.params["f"]["params"]["quad"]
   np.testing.assert_array_equal(quad, np.eye(2))  # the quadratic term did not train
+
+
+def test_growth_and_fixed_quadratic_refuse_bad_values_by_name():
+  with pytest.raises(ValueError, match="`dim` must be an int >= 1"):
+    PNorm(2, 1.5).growth(0)
+  with pytest.raises(ValueError, match="`fixed_quadratic` must be True or False"):
+    W2Trainer(fixed_quadratic="yes")

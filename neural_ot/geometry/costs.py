@@ -89,6 +89,8 @@ class TICost(Cost):
     of the two); closed forms override it. Below 2 a potential with a quadratic part other than
     ``0.5 |x|^2`` has an unbounded c-transform, so :func:`neural_ot.fit_map` keeps that part
     fixed (``W2Trainer.fixed_quadratic``)."""
+    if isinstance(dim, bool) or not (isinstance(dim, (int, np.integer)) and dim >= 1):
+      raise ValueError(f"{type(self).__name__}.growth: `dim` must be an int >= 1, got {dim!r}.")
     dirs = np.zeros((2, dim), np.float32)
     dirs[0, 0] = 1.0
     dirs[1] = 1.0 / np.sqrt(dim)

@@ -136,6 +136,9 @@ class W2Trainer:
                       f"{type(self.cost).__name__}.")
     for name in ("hidden", "predictor_hidden", "context_hidden"):
       object.__setattr__(self, name, check_widths("W2Trainer", name, getattr(self, name)))
+    if not isinstance(self.fixed_quadratic, (bool, np.bool_)):
+      raise ValueError(f"W2Trainer: `fixed_quadratic` must be True or False, got "
+                       f"{self.fixed_quadratic!r}.")
     for name in ("context_dim", "finetune_iters"):
       val = getattr(self, name)
       if not (is_int(val) and val >= 0):
