@@ -1,13 +1,17 @@
-"""Meta OT: amortized Sinkhorn initialisation across problems on a fixed support."""
+"""Meta OT: amortized Sinkhorn initialisation across problems, on a fixed support
+(:func:`fit_meta`) or for point clouds of any size (:func:`fit_meta_points`)."""
 
 import warnings
 
 from neural_ot.meta.histograms import digits_histograms, gaussian_mixture_histograms, grid
 from neural_ot.meta.model import (MetaOT, c_transform, dual_value, fit_meta, gaussian_init,
                                   load_meta, support_geometry)
+from neural_ot.meta.points import (MetaPointsOT, fit_meta_points, gaussian_potential,
+                                   load_meta_points)
 
 __all__ = ["MetaOT", "c_transform", "digits_histograms", "dual_value", "fit_meta",
-           "gaussian_init", "gaussian_mixture_histograms", "grid", "load_meta",
+           "gaussian_init", "gaussian_mixture_histograms", "gaussian_potential", "grid",
+           "load_meta", "load_meta_points", "MetaPointsOT", "fit_meta_points",
            "support_geometry"]
 
 
