@@ -24,8 +24,7 @@ import numpy as np
 import neural_ot
 from neural_ot.meta import fit_meta_points, gaussian_potential
 
-TOLS = (1e-2, 1e-3, 1e-4)
-MAX_ITERS = 3000
+from warm_start import MAX_ITERS, TOLS, _iters_to  # the same counting as the other warm starts
 
 
 def _rotation(key, d):
@@ -81,15 +80,6 @@ def train_pairs(d, n, m):
     x, y = jax.vmap(one)(keys)
     return x, jnp.ones((k, n)), y, jnp.ones((k, m))
   return pairs
-
-
-def _iters_to(errors):
-  errors = np.asarray(errors)
-  out = []
-  for tol in TOLS:
-    hit = np.nonzero((errors >= 0) & (errors < tol))[0]
-    out.append(int(hit[0]) if hit.size else MAX_ITERS)
-  return out
 
 
 def solve(x, y, eps, init, tol=TOLS[-1]):

@@ -206,12 +206,17 @@ class MetaTrainer:
     loss_fn = lambda p: -jnp.mean(jax.vmap(lambda a, b: dual_value(
         _potential(self.net, p, a, b, support, self.base), a, b, geom, self.epsilon))(a, b))
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = optax.adam(1.0).update(grads, state.opt_state, state.params)
-    lr = cosine_schedule(state.step, state.horizon, self.learning_rate, warmup=0)
-    updates = jax.tree.map(lambda u: lr * u, updates)
-    params = optax.apply_updates(state.params, updates)
-    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), {
+    return scheduled_adam(state, grads, self.learning_rate, 0), {
         "dual": -loss, "grad_norm": optax.global_norm(grads)}
+
+
+def scheduled_adam(state: TrainState, grads, peak: float, warmup: int) -> TrainState:
+  """One Adam step at the rate :func:`~neural_ot.train.cosine_schedule` gives this step (the
+  update of both Meta OT trainers; Adam's state is kept at rate 1 and scaled here)."""
+  updates, opt_state = optax.adam(1.0).update(grads, state.opt_state, state.params)
+  lr = cosine_schedule(state.step, state.horizon, peak, warmup=warmup)
+  params = optax.apply_updates(state.params, jax.tree.map(lambda u: lr * u, updates))
+  return state._replace(params=params, opt_state=opt_state, step=state.step + 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,13 +37,18 @@ from neural_ot import _validation, io, train
 from neural_ot.gaussian import gaussian_map
 from neural_ot.geometry import PointCloud, SqEuclidean
 from neural_ot.sinkhorn import Sinkhorn, dual_objective
-from neural_ot.train import TrainState, cosine_schedule
+from neural_ot.meta.model import scheduled_adam
+from neural_ot.train import TrainState
 
 __all__ = ["MetaPointsOT", "MetaPointsTrainer", "fit_meta_points", "load_meta_points",
            "gaussian_potential"]
 
 _FORMAT = "neural_ot.MetaPointsOT/1"
 _PREDICT_KEY = 0  # landmarks are drawn with a fixed key: a prediction is deterministic
+
+
+def _is_real(v) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def _moments(z, w):
@@ -141,7 +146,7 @@ class MetaPointsOT:
   heads: int
   params: Any
   history: tuple = ()
-  refine_tol: float | None = 1e-3
+  refine_tol: float | None = None
 
   @property
   def net(self):
@@ -169,7 +174,7 @@ class MetaPointsOT:
     eps = _validation.check_epsilon(epsilon)
     tol = self.refine_tol if isinstance(refine_tol, str) and refine_tol == "default" \
         else refine_tol
-    if tol is not None and not (_validation._is_real(tol) and 0 < tol < float("inf")):
+    if tol is not None and not (_is_real(tol) and 0 < tol < float("inf")):
       raise ValueError(f"MetaPointsOT.predict: `refine_tol` must be None or a number > 0, got "
                        f"{tol!r}.")
     f = _predict(self.net, self.params, x, a, y, b, jnp.asarray(eps, jnp.float32),
@@ -268,11 +273,7 @@ class MetaPointsTrainer:
     loss_fn = lambda p: -jnp.mean(jax.vmap(
         lambda *args: self.pair_dual(p, *args))(x, a, y, b, keys))
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = optax.adam(1.0).update(grads, state.opt_state, state.params)
-    lr = cosine_schedule(state.step, state.horizon, self.learning_rate, warmup=100)
-    updates = jax.tree.map(lambda u: lr * u, updates)
-    params = optax.apply_updates(state.params, updates)
-    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), {
+    return scheduled_adam(state, grads, self.learning_rate, 100), {
         "dual": -loss, "grad_norm": optax.global_norm(grads)}
 
 
@@ -356,7 +357,7 @@ def _probe(pairs, k):
 
 def _relative_epsilon(epsilon):
   vals = epsilon if isinstance(epsilon, (tuple, list)) else (epsilon, epsilon)
-  if len(vals) != 2 or not all(_validation._is_real(v) for v in vals):
+  if len(vals) != 2 or not all(_is_real(v) for v in vals):
     raise TypeError(f"fit_meta_points: `epsilon` must be a number or a (lo, hi) pair of "
                     f"numbers (relative to the mean cost), got {epsilon!r}.")
   lo, hi = float(vals[0]), float(vals[1])
@@ -368,7 +369,7 @@ def _relative_epsilon(epsilon):
 
 def fit_meta_points(pairs: Callable, epsilon=(0.005, 0.05), *, landmarks: int = 128,
                     width: int = 64, depth: int = 2, heads: int = 4,
-                    learning_rate: float = 3e-4, refine_tol: float | None = 1e-3,
+                    learning_rate: float = 3e-4, refine_tol: float | None = None,
                     **options) -> MetaPointsOT:
   """Train a point-cloud Meta OT model: warm starts for Sinkhorn between clouds of any size.
 
@@ -410,10 +411,10 @@ def fit_meta_points(pairs: Callable, epsilon=(0.005, 0.05), *, landmarks: int = 
   if width % heads:
     raise ValueError(f"fit_meta_points: `width` ({width}) must be a multiple of `heads` "
                      f"({heads}).")
-  if not (_validation._is_real(learning_rate) and 0 < learning_rate < float("inf")):
+  if not (_is_real(learning_rate) and 0 < learning_rate < float("inf")):
     raise ValueError(f"fit_meta_points: `learning_rate` must be a finite number > 0, got "
                      f"{learning_rate!r}.")
-  if refine_tol is not None and not (_validation._is_real(refine_tol)
+  if refine_tol is not None and not (_is_real(refine_tol)
                                      and 0 < refine_tol < float("inf")):
     raise ValueError(f"fit_meta_points: `refine_tol` must be None or a number > 0, got "
                      f"{refine_tol!r}.")
