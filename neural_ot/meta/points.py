@@ -389,10 +389,11 @@ def fit_meta_points(pairs: Callable, epsilon=(0.005, 0.05), *, landmarks: int = 
   """Train a point-cloud Meta OT model: warm starts for Sinkhorn between clouds of any size.
 
   What to expect (``benchmarks/RESULTS.md``, "Point clouds of any size"): trained with these
-  defaults on Gaussian mixtures and boxes in d = 2 and tested at eps = 0.01 x mean cost on
-  1,000 and 4,000 points, the start saves 1.1-1.2x iterations to 1e-3 over zeros and is not
-  better than :func:`gaussian_potential` alone; on heavy tails the solver's first-error check
-  falls back to zeros. Compare with the Gaussian start on your data before relying on it.
+  defaults on Gaussian mixtures and boxes (d = 2 and 8) and tested at eps = 0.01 x mean cost on
+  1,000 and 4,000 points of mixtures, rings and a curved 1-D family, the start needs 1.0-1.4x
+  fewer iterations than zeros to 1e-3 and is mostly no better than :func:`gaussian_potential`
+  alone (worse on rings at d = 8). Compare with the Gaussian start on your data before relying
+  on it.
 
   Args:
     pairs: ``pairs(key, k) -> (x, a, y, b)``: ``k`` training problems, ``x: (k, n, d)``,
