@@ -184,14 +184,15 @@ def check_widths(who: str, name: str, val) -> tuple[int, ...]:
   return tuple(int(h) for h in val)
 
 
-def _is_real(v) -> bool:
+def is_real(v) -> bool:
+  """A Python or numpy real number (int or float), not a bool."""
   return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def check_config(solver):
   for name in ("tol", "epsilon_init_factor", "epsilon_decay"):
     v = getattr(solver, name)
-    if not (_is_real(v) and np.isfinite(v)):
+    if not (is_real(v) and np.isfinite(v)):
       raise TypeError(f"`{name}` must be a real number, got {type(v).__name__} {v!r}.")
   for name in ("max_iters",):
     v = getattr(solver, name)
@@ -200,16 +201,16 @@ def check_config(solver):
   for name in ("relative_epsilon", "record_errors", "init_check"):
     if not isinstance(getattr(solver, name), (bool, np.bool_)):
       raise TypeError(f"`{name}` must be True or False, got {getattr(solver, name)!r}.")
-  if not (_is_real(solver.tol) and solver.tol > 0):
+  if not (is_real(solver.tol) and solver.tol > 0):
     raise ValueError(f"`tol` must be a positive float, got {solver.tol!r}.")
   if not (isinstance(solver.max_iters, int) and solver.max_iters >= 1):
     raise ValueError(f"`max_iters` must be a positive int, got {solver.max_iters!r}.")
   for name in ("rho_a", "rho_b"):
     v = getattr(solver, name)
-    if v is not None and not (_is_real(v) and v > 0):
+    if v is not None and not (is_real(v) and v > 0):
       raise ValueError(f"`{name}` must be None (balanced) or a positive float, got {v!r}.")
   if not (isinstance(solver.momentum, str) and solver.momentum == "auto") and not (
-      _is_real(solver.momentum) and 1.0 <= solver.momentum < 2.0):
+      is_real(solver.momentum) and 1.0 <= solver.momentum < 2.0):
     raise ValueError(f"`momentum` must be \"auto\" or a float in [1, 2), got {solver.momentum!r}.")
   if not solver.epsilon_init_factor >= 1.0:
     raise ValueError(f"`epsilon_init_factor` must be >= 1, got {solver.epsilon_init_factor!r}.")

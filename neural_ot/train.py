@@ -74,10 +74,6 @@ def cosine_schedule(step, horizon, peak: float, warmup: int, final: float = 0.05
   return peak * jnp.where(step < warm, (step + 1.0) / warm, cos)
 
 
-def _is_real(v) -> bool:
-  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
 def _param_norm(params):
   return jnp.sqrt(sum(jnp.sum(jnp.square(v.astype(jnp.float32))) for v in jax.tree.leaves(params)))
 
@@ -210,15 +206,15 @@ class FitOptions:
         raise ValueError(f"{who}: `{name}` must be an int >= {low}, got {val!r}.")
     if not (_validation.is_int(self.seed) and 0 <= self.seed < 2 ** 32):
       raise ValueError(f"{who}: `seed` must be an int in [0, 2**32), got {self.seed!r}.")
-    if self.max_seconds is not None and not (_is_real(self.max_seconds)
+    if self.max_seconds is not None and not (_validation.is_real(self.max_seconds)
                                              and 0 < self.max_seconds < math.inf):
       raise ValueError(f"{who}: `max_seconds` must be a number > 0 (finite), got "
                        f"{self.max_seconds!r}.")
     for name in ("eval_seconds", "checkpoint_seconds"):
       val = getattr(self, name)
-      if not (_is_real(val) and 0 <= val < math.inf):
+      if not (_validation.is_real(val) and 0 <= val < math.inf):
         raise ValueError(f"{who}: `{name}` must be a number >= 0 (finite), got {val!r}.")
-    if not (_is_real(self.max_param_norm) and self.max_param_norm > 0):
+    if not (_validation.is_real(self.max_param_norm) and self.max_param_norm > 0):
       raise ValueError(f"{who}: `max_param_norm` must be a number > 0, got "
                        f"{self.max_param_norm!r}.")
     for name in ("resume", "progress"):
@@ -338,7 +334,7 @@ def _loop(trainer, state, sampler, data, key, opts: FitOptions, *, checkpoint_pa
   log_every, eval_every, eval_seconds = opts.log_every, opts.eval_every, opts.eval_seconds
   checkpoint_every, callback = opts.checkpoint_every, opts.callback
   last_ckpt_s = 0.0  # training seconds at the last checkpoint (opts.checkpoint_seconds)
-  if plan_seconds is not None and not (_is_real(plan_seconds) and plan_seconds > 0):
+  if plan_seconds is not None and not (_validation.is_real(plan_seconds) and plan_seconds > 0):
     raise ValueError(f"{name}: `plan_seconds` must be a number > 0, got {plan_seconds!r}.")
   t_start = time.perf_counter()
   history = list(history or [])

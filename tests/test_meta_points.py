@@ -1,6 +1,8 @@
 """Point-cloud Meta OT: the Gaussian start in closed form, the landmark pipeline against the
 Sinkhorn solver, training that raises the held-out dual, resume, save/load, bad input."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -198,3 +200,10 @@ def test_bad_input(model):
     model.predict(x, x.at[0, 0].set(jnp.nan), epsilon=0.1)
   with pytest.raises(ValueError, match="`refine_tol` must be None or a number > 0"):
     model.predict(x, x, epsilon=0.1, refine_tol=0.0)
+  xb, _, yb, _ = blobs(jax.random.PRNGKey(5), 1, 50, 60)
+  mean_cost = float(jnp.mean(jnp.sum((xb[0][:, None] - yb[0][None]) ** 2, -1)))
+  with pytest.warns(UserWarning, match="outside the range the model was trained on"):
+    model.predict(xb[0], yb[0], epsilon=100 * 0.05 * mean_cost)  # trained at 0.05 x mean cost
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    model.predict(xb[0], yb[0], epsilon=0.05 * mean_cost)

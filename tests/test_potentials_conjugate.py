@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neural_ot.conjugate import ConjugateSolver, conjugate
+from neural_ot.conjugate import ConjugateSolver, conjugate, solvers
 from neural_ot.potentials import ICNN, MLPPotential
 
 
@@ -128,6 +128,29 @@ def test_danskin_gradient_matches_finite_differences(x64):
     e = jnp.zeros(2, jnp.float64).at[k].set(h)
     fd = (fstar(theta + e) - fstar(theta - e)) / (2 * h)
     np.testing.assert_allclose(grad[k], fd, rtol=1e-6)
+
+
+@pytest.mark.parametrize("solver", [ConjugateSolver(tol=1e-9, max_iters=40),
+                                    solvers.OWLQNSolver(0.3, tol=1e-9, max_iters=40),
+                                    solvers.ProxGradSolver(0.3, tol=1e-9, max_iters=40)])
+def test_line_search_retries_on_few_rows_match_whole_batch_retries(solver, x64, monkeypatch):
+  # rows are independent problems: evaluating only the rows still searching must give the
+  # iterates of whole-batch retries (to round-off in float64, the same iteration counts),
+  # including rows that halve often
+  w = jax.random.normal(jax.random.PRNGKey(0), (5, 5))
+  f = lambda x: 0.5 * jnp.sum(x ** 2) + jnp.sum(jax.nn.softplus(3 * w @ x)) + 0.5 * jnp.sum(x ** 4)
+  # rows far out start where the quartic's curvature makes the unit step overshoot
+  y = jax.random.normal(jax.random.PRNGKey(1), (37, 5), jnp.float64) * jnp.where(
+      jnp.arange(37) % 5 == 0, 4.0, 0.5)[:, None]
+  extra = lambda z: 0.05 * jnp.sum(jnp.cosh(z))
+  solve = lambda: solver(f, y, y, extra=extra)
+  few = solve()
+  monkeypatch.setattr(solvers, "RETRY_DIVISOR", 1)
+  whole = solve()
+  np.testing.assert_array_equal(np.asarray(few.n_iters), np.asarray(whole.n_iters))
+  for a, b in zip(few, whole):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-10)
+  assert int(jnp.max(few.n_iters)) > 3
 
 
 def test_conjugate_bad_input():

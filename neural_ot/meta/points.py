@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -46,10 +47,6 @@ __all__ = ["MetaPointsOT", "MetaPointsTrainer", "fit_meta_points", "load_meta_po
 
 _FORMAT = "neural_ot.MetaPointsOT/1"
 _PREDICT_KEY = 0  # landmarks are drawn with a fixed key: a prediction is deterministic
-
-
-def _is_real(v) -> bool:
-  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def _moments(z, w):
@@ -191,9 +188,16 @@ class MetaPointsOT:
     eps = _validation.check_epsilon(epsilon)
     tol = self.refine_tol if isinstance(refine_tol, str) and refine_tol == "default" \
         else refine_tol
-    if tol is not None and not (_is_real(tol) and 0 < tol < float("inf")):
+    if tol is not None and not (_validation.is_real(tol) and 0 < tol < float("inf")):
       raise ValueError(f"MetaPointsOT.predict: `refine_tol` must be None or a number > 0, got "
                        f"{tol!r}.")
+    rel = float(eps) / float(_frame(x, a, y, b)[1])
+    lo, hi = self.epsilon
+    if not lo / 2 <= rel <= 2 * hi:  # the network extrapolates in log(eps / mean cost)
+      warnings.warn(f"MetaPointsOT.predict: `epsilon` = {float(eps):.4g} is {rel:.4g} x these "
+                    f"clouds' mean cost, outside the range the model was trained on ({lo:g} "
+                    f"to {hi:g}); the warm start may be no better than zeros (the solve's "
+                    f"first-error check then starts from zeros).", stacklevel=2)
     f = _predict(self.net, self.params, x, a, y, b, jnp.asarray(eps, jnp.float32),
                  int(self.landmarks), None if tol is None else float(tol))
     return f, None
@@ -372,7 +376,7 @@ def _probe(pairs, k):
 
 def _relative_epsilon(epsilon):
   vals = epsilon if isinstance(epsilon, (tuple, list)) else (epsilon, epsilon)
-  if len(vals) != 2 or not all(_is_real(v) for v in vals):
+  if len(vals) != 2 or not all(_validation.is_real(v) for v in vals):
     raise TypeError(f"fit_meta_points: `epsilon` must be a number or a (lo, hi) pair of "
                     f"numbers (relative to the mean cost), got {epsilon!r}.")
   lo, hi = float(vals[0]), float(vals[1])
@@ -435,10 +439,10 @@ def fit_meta_points(pairs: Callable, epsilon=(0.005, 0.05), *, landmarks: int = 
   if width % heads:
     raise ValueError(f"fit_meta_points: `width` ({width}) must be a multiple of `heads` "
                      f"({heads}).")
-  if not (_is_real(learning_rate) and 0 < learning_rate < float("inf")):
+  if not (_validation.is_real(learning_rate) and 0 < learning_rate < float("inf")):
     raise ValueError(f"fit_meta_points: `learning_rate` must be a finite number > 0, got "
                      f"{learning_rate!r}.")
-  if refine_tol is not None and not (_is_real(refine_tol)
+  if refine_tol is not None and not (_validation.is_real(refine_tol)
                                      and 0 < refine_tol < float("inf")):
     raise ValueError(f"fit_meta_points: `refine_tol` must be None or a number > 0, got "
                      f"{refine_tol!r}.")

@@ -287,11 +287,9 @@ class Sinkhorn:
     it, f, g, _, _, errors, omega, err_ref, col_err, lam, err_span, warmup, diverged = state
     eps = jnp.asarray(eps, f.dtype)
     eps_t = self.epsilon_at(it, eps)
-    # Row sums s_i = sum_j b_j exp((f_i + g_j - C_ij)/eps): the plan's row marginal / a.
-    s = geom.kernel_sum(f, fold(g, eps_t, b), eps_t, axis=1)
-    target = 1.0 if self.rho_a is None else jnp.exp(-f / self.rho_a)
+    s, row_err = self.row_error(geom, a, b, f, g, eps_t)
     # Full L1 error of the current plan: rows now, columns from the last step.
-    err = jnp.sum(jnp.where(a > 0, a * jnp.abs(s - target), 0.0)) + col_err
+    err = row_err + col_err
     diverged = diverged | ~jnp.isfinite(err)
     if self.momentum == "auto":
       omega, lam, err_ref, err_span, warmup = self._adapt_omega(
@@ -315,6 +313,14 @@ class Sinkhorn:
     col_err = jnp.where(stop, col_err, col_err_new)
     return SinkhornState(it + jnp.where(stop, 0, 1), f, g, err, done, errors, omega, err_ref,
                          col_err, lam, err_span, warmup, diverged)
+
+  def row_error(self, geom: PointCloud, a, b, f, g, eps_t):
+    """The row sums ``s_i = sum_j b_j exp((f_i + g_j - C_ij) / eps_t)`` (the plan's row
+    marginal over ``a``) and the plan's L1 row-marginal error (against ``exp(-f / rho_a)``
+    when unbalanced)."""
+    s = geom.kernel_sum(f, fold(g, eps_t, b), eps_t, axis=1)
+    target = 1.0 if self.rho_a is None else jnp.exp(-f / self.rho_a)
+    return s, jnp.sum(jnp.where(a > 0, a * jnp.abs(s - target), 0.0))
 
   def _adapt_omega(self, it, err, omega, lam, err_ref, err_span, warmup, eps_t, eps):
     """Adaptive over-relaxation (Thibault et al. 2017; Lehmann et al. 2021).

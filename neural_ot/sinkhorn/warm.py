@@ -11,7 +11,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from neural_ot.sinkhorn.output import fold
 
 __all__ = ["first_error", "better_start"]
 
@@ -20,9 +19,7 @@ def first_error(solver, geom, a, b, eps, state):
   """The L1 row error of a fresh state (its columns are exact: ``g`` is a c-transform of ``f``),
   which is the error the solver's first iteration measures."""
   eps0 = solver.epsilon_at(jnp.zeros((), jnp.int32), jnp.asarray(eps, state.f.dtype))
-  s = geom.kernel_sum(state.f, fold(state.g, eps0, b), eps0, axis=1)
-  target = 1.0 if solver.rho_a is None else jnp.exp(-state.f / solver.rho_a)
-  return jnp.sum(jnp.where(a > 0, a * jnp.abs(s - target), 0.0))
+  return solver.row_error(geom, a, b, state.f, state.g, eps0)[1]
 
 
 def better_start(solver, geom, a, b, eps, warm):

@@ -34,8 +34,11 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
     5e-2 for the ICNN; for the MLP 2e-2 up to D = 32 and ``min(1e-2, 0.64 / m)`` above (higher
     rates stalled at the Gaussian start at D = 48). Fewer than 10,000 rows get less (a fifth
     of the peak at n = 0, linear up to n = 10,000): a high rate overfits a small sample.
-  * The MLP's units are leaky (``leak=0.02``) from D = 17 to 32, where its 2e-2 rate killed
-    the last hidden layer in long runs (tune half of :mod:`neural_ot.w2bench.families`, D = 32).
+  * The MLP's units are leaky (``leak=0.02``) above D = 16: its 2e-2 rate killed the last
+    hidden layer in long runs at D = 32, and at D = 64 (rate 1e-2) a layer of the plain MLP
+    died in 3 of 5 tune-half 300 s runs (radial-subspace ended at 0.82x the Gaussian map's
+    L2-UVP; leaky: 0.30x; ridges-gmm 0.50 -> 0.33 %, icnn-student 0.65 -> 0.74 %, softplus2-gmm
+    equal; tune half of :mod:`neural_ot.w2bench.families`, ``benchmarks/RESULTS.md``).
   * Batch 256 (capped by ``n``); the conjugate: 10 L-BFGS steps to ``|grad| < 1e-3``.
   * ``l1_cost=True`` (``fit_map`` with a cost that has an ``l1`` part, e.g. ``ElasticL1``): 5
     orthant-wise L-BFGS steps instead of 10 (tune family ``elastic-gmm``, D = 8 and 16, 60 s:
@@ -99,10 +102,10 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
   if conditional:
     lr = min(lr, 1e-2)
   batch = 256 if n is None else max(1, min(256, int(n)))
-  # Between 17 and 32 dimensions (the MLP's 2e-2 rate) the plain MLP's last hidden layer died in
-  # both races of the tune half's D = 32 runs (icnn-student, radial-subspace, 300 s): leaky units
-  # cannot die (W2Trainer.leak; RESULTS.md, issue 27).
-  leak = 0.02 if mlp and 16 < dim <= 32 else 0.0
+  # Above 16 dimensions a layer of the plain MLP died in long runs (tune half: D = 32 at 2e-2,
+  # both races; D = 64 at 1e-2, 3 of 5 pairs): leaky units cannot die (W2Trainer.leak;
+  # RESULTS.md, issue 27).
+  leak = 0.02 if mlp and dim > 16 else 0.0
   out = dict(potential="mlp" if mlp else "icnn", hidden=(2 * m, 2 * m, m), leak=leak,
              predictor_hidden=(2 * m, 2 * m), learning_rate=lr,
              final_lr_fraction=0.05 if conditional else 0.005,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ import numpy as np
 
 from neural_ot.potentials.icnn import ACTIVATIONS
 
-__all__ = ["FitDiagnostics", "heldout_dual_terms", "inactive_units", "diagnose", "cut_off",
+__all__ = ["FitDiagnostics", "HeldoutTerms", "heldout_dual_terms", "inactive_units", "diagnose", "cut_off",
            "warn_if_stalled"]
 
 # A fit "stalled" when its held-out dual is no better than the Gaussian start's by more than
@@ -116,41 +117,57 @@ def inactive_units(trainer, params_f, x) -> tuple[float, tuple]:
   return float(np.sum(per * widths) / np.sum(widths)), tuple(float(v) for v in per)
 
 
+class HeldoutTerms(NamedTuple):
+  """Per-sample terms of the held-out dual (standardised units): ``fx = f(x_i)``, ``fcy =
+  f*(y_j)`` as used by the diagnostics, ``resid = |grad f(x*) - y_j|`` of the local solve and
+  ``local`` its value ``<x*, y_j> - f(x*)`` (the W2 estimate's conjugate)."""
+
+  fx: jax.Array
+  fcy: jax.Array
+  resid: jax.Array
+  local: jax.Array
+
+
 @functools.partial(jax.jit, static_argnames=("trainer", "discrete"))
-def heldout_dual_terms(trainer, params, x, y, discrete: bool = True):
+def heldout_dual_terms(trainer, params, x, y, discrete: bool = True) -> HeldoutTerms:
   """Per-sample ``f(x_i)`` and ``f*(y_j)`` and the local solve's residuals
-  ``|grad f(x*) - y_j|``, all in standardised units. ``f*(y_j)`` is the local solve (L-BFGS to
-  ``|grad| < 1e-5`` from the predictor's argmax) or, with ``discrete``, the larger of it and
-  the best ``x_i``."""
+  ``|grad f(x*) - y_j|``, all in standardised units (a :class:`HeldoutTerms`). ``f*(y_j)`` is
+  the local solve (L-BFGS to ``|grad| < 1e-5`` from the predictor's argmax) or, with
+  ``discrete``, the larger of it and the best ``x_i``."""
   f = trainer.potential_fn(params["f"])
   solver = dataclasses.replace(trainer.solver, tol=1e-5, max_iters=100)
   res = trainer.solve(solver, f, y, trainer.predict(params["g"], y))
   fx = jax.vmap(f)(x)
   if not discrete:
-    return fx, res.value, res.grad_norm
+    return HeldoutTerms(fx, res.value, res.grad_norm, res.value)
   local = jnp.sum(res.x * y, -1) - jax.vmap(f)(res.x) - trainer.residual_rows(res.x, y)
   if trainer.cost is None:
     best = jax.lax.map(lambda yj: jnp.max(x @ yj - fx), y, batch_size=256)
   else:  # the c-transform over the held-out points: - r(x_i - y_j)
     best = jax.lax.map(lambda yj: jnp.max(x @ yj - fx - jax.vmap(trainer.cost.residual)(x - yj)),
                        y, batch_size=256)
-  return fx, jnp.maximum(local, best), res.grad_norm
+  return HeldoutTerms(fx, jnp.maximum(local, best), res.grad_norm, res.value)
 
 
-def diagnose(trainer, params, start_params, x, y, choice=None) -> FitDiagnostics:
+def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
+             start_terms=None) -> FitDiagnostics:
   """Diagnostics of ``params`` against its Gaussian start ``start_params`` on held-out
   standardised samples ``x ~ P``, ``y ~ Q`` (the same rows for both, so the difference of the
-  duals is paired). ``start_params`` may be ``None`` (no Gaussian start): no stall test."""
+  duals is paired). ``start_params`` may be ``None`` (no Gaussian start): no stall test.
+  ``terms``, ``start_terms``: ``heldout_dual_terms(trainer, params, x, y)`` and the same for
+  ``start_params``, when the caller has them."""
   x, y = jnp.asarray(x), jnp.asarray(y)
-  fx, fcy, resid = (np.asarray(v, np.float64) for v in heldout_dual_terms(trainer, params, x, y))
+  terms = heldout_dual_terms(trainer, params, x, y) if terms is None else terms
+  fx, fcy, resid = (np.asarray(v, np.float64) for v in terms[:3])
   end = float(fx.mean() + fcy.mean())
   share, per = inactive_units(trainer, params["f"], x)
   resid_med, resid_99 = (float(v) for v in np.percentile(resid, [50, 99]))
   if start_params is None:
     start, gain, se = float("nan"), float("nan"), float("nan")
   else:
-    fx0, fcy0, _ = (np.asarray(v, np.float64) for v in heldout_dual_terms(
-        trainer, start_params, x, y))
+    if start_terms is None:
+      start_terms = heldout_dual_terms(trainer, start_params, x, y)
+    fx0, fcy0 = (np.asarray(v, np.float64) for v in start_terms[:2])
     start = float(fx0.mean() + fcy0.mean())
     gain = start - end
     se = float(np.sqrt(np.var(fx0 - fx) / len(fx) + np.var(fcy0 - fcy) / len(fcy)))

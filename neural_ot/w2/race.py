@@ -85,7 +85,7 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
         continue  # the restart runs only when the MLP's network was cut off
       state, hist = train_part(trainer, start(trainer), checkpoint=f"race-{name}.msgpack",
                                **_budget(steps, max_seconds))
-      fx, fcy, _ = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)
+      fx, fcy = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)[:2]
       share, per = diagnostics.inactive_units(trainer, state.params["f"], x_held)
       results[name] = {"dual": float(jnp.mean(fx) + jnp.mean(fcy)), "inactive_share": share,
                        "cut_off": diagnostics.cut_off(share, per) and not trainer.leak,
