@@ -144,6 +144,7 @@ def test_line_search_retries_on_few_rows_match_whole_batch_retries(solver, x64, 
       jnp.arange(37) % 5 == 0, 4.0, 0.5)[:, None]
   extra = lambda z: 0.05 * jnp.sum(jnp.cosh(z))
   solve = lambda: solver(f, y, y, extra=extra)
+  monkeypatch.setattr(solvers, "RETRY_DIVISOR", 8)
   few = solve()
   monkeypatch.setattr(solvers, "RETRY_DIVISOR", 1)
   whole = solve()

@@ -73,8 +73,11 @@ def _bdot(a, b):
   return jnp.sum(a * b, -1)
 
 
-# A line-search retry evaluates at most ceil(batch / RETRY_DIVISOR) rows per round.
-RETRY_DIVISOR = 8
+# A line-search retry evaluates at most ceil(batch / RETRY_DIVISOR) rows per round (8: 2x
+# faster fit_w2 steps on lse-box at D = 64). Off (1, whole-batch retries) by default: the
+# two-process slow test (gloo) ran past its 900 s limit with it, suspected to be the gathers'
+# collectives on a sharded batch; not yet measured apart.
+RETRY_DIVISOR = 1
 
 
 def _inputs(who: str, y, x0, context):
@@ -106,6 +109,19 @@ def _backtrack(trial: Callable, start: tuple, done: jax.Array, t0: jax.Array, ma
   those of whole-batch retries bit for bit). Measured in ``fit_w2`` at D = 64, a step's 10
   L-BFGS iterations needed 15 whole-batch trials where the unit step was rejected on a few
   rows only."""
+  if RETRY_DIVISOR <= 1:  # whole-batch retries: no gathers (no collectives on a sharded batch)
+    def whole(c):
+      k, t, vals, accepted, t_acc = c
+      ok, tried = trial(t, lambda a: a)
+      ok = ok & ~accepted
+      vals = jax.tree.map(lambda new, old: _rows(ok, new, old), tried, vals)
+      t_acc = jnp.where(ok, t, t_acc)
+      accepted = accepted | ok
+      return k + 1, jnp.where(accepted, t, 0.5 * t), vals, accepted, t_acc
+
+    cond = lambda c: (c[0] < max_halvings) & jnp.any(~c[3])
+    _, _, vals, accepted, t_acc = jax.lax.while_loop(cond, whole, (0, t0, start, done, t0))
+    return vals, accepted, t_acc
   b = t0.shape[0]
   ok, tried = trial(t0, lambda a: a)
   ok = ok & ~done
