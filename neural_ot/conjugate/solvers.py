@@ -103,12 +103,13 @@ def _backtrack(trial: Callable, start: tuple, done: jax.Array, t0: jax.Array, ma
   rows count as accepted) and at which step.
 
   ``trial(t, take) -> (ok, values)`` evaluates the rows that ``take`` (a function gathering a
-  per-row array) picks, at their steps ``t``. The first trial is the whole batch (``take`` is
-  the identity); a retry evaluates only the rows still searching, at most
-  ``ceil(b / RETRY_DIVISOR)`` per round (rows are independent: in float64 the iterates are
-  those of whole-batch retries bit for bit). Measured in ``fit_w2`` at D = 64, a step's 10
-  L-BFGS iterations needed 15 whole-batch trials where the unit step was rejected on a few
-  rows only."""
+  per-row array) picks, at their steps ``t``. With :data:`RETRY_DIVISOR` = 1 (the default)
+  every trial is the whole batch, rows that accepted keeping their values. With a divisor
+  ``q > 1`` the first trial is the whole batch and a retry evaluates only the rows still
+  searching, at most ``ceil(b / q)`` per round (rows are independent: in float64 the iterates
+  equal the whole-batch ones, tested). Measured in ``fit_w2`` at D = 64, a step's 10 L-BFGS
+  iterations needed 15 whole-batch trials where the unit step was rejected on a few rows only
+  (``q = 8``: 2x faster steps on lse-box; off by default, see :data:`RETRY_DIVISOR`)."""
   if RETRY_DIVISOR <= 1:  # whole-batch retries: no gathers (no collectives on a sharded batch)
     def whole(c):
       k, t, vals, accepted, t_acc = c
