@@ -26,8 +26,8 @@ import numpy as np
 
 from neural_ot.potentials.icnn import ACTIVATIONS
 
-__all__ = ["FitDiagnostics", "HeldoutTerms", "heldout_dual_terms", "inactive_units", "diagnose", "cut_off",
-           "warn_if_stalled"]
+__all__ = ["FitDiagnostics", "HeldoutTerms", "heldout_dual_terms", "inactive_units", "diagnose",
+           "cut_off", "warn_if_stalled"]
 
 # A fit "stalled" when its held-out dual is no better than the Gaussian start's by more than
 # this many standard errors of the paired difference (and by this fraction of the start's
