@@ -1,12 +1,16 @@
 """ICNN convexity and conjugate solvers against closed forms."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import neural_ot
 from neural_ot.conjugate import ConjugateSolver, conjugate, solvers
 from neural_ot.potentials import ICNN, MLPPotential
+from neural_ot.w2.trainer import W2Trainer, as_config
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +137,7 @@ def test_danskin_gradient_matches_finite_differences(x64):
 @pytest.mark.parametrize("solver", [ConjugateSolver(tol=1e-9, max_iters=40),
                                     solvers.OWLQNSolver(0.3, tol=1e-9, max_iters=40),
                                     solvers.ProxGradSolver(0.3, tol=1e-9, max_iters=40)])
-def test_line_search_retries_on_few_rows_match_whole_batch_retries(solver, x64, monkeypatch):
+def test_line_search_retries_on_few_rows_match_whole_batch_retries(solver, x64):
   # rows are independent problems: evaluating only the rows still searching must give the
   # iterates of whole-batch retries (to round-off in float64, the same iteration counts),
   # including rows that halve often
@@ -143,15 +147,23 @@ def test_line_search_retries_on_few_rows_match_whole_batch_retries(solver, x64, 
   y = jax.random.normal(jax.random.PRNGKey(1), (37, 5), jnp.float64) * jnp.where(
       jnp.arange(37) % 5 == 0, 4.0, 0.5)[:, None]
   extra = lambda z: 0.05 * jnp.sum(jnp.cosh(z))
-  solve = lambda: solver(f, y, y, extra=extra)
-  monkeypatch.setattr(solvers, "RETRY_DIVISOR", 8)
-  few = solve()
-  monkeypatch.setattr(solvers, "RETRY_DIVISOR", 1)
-  whole = solve()
+  few = dataclasses.replace(solver, retry_divisor=8)(f, y, y, extra=extra)
+  whole = dataclasses.replace(solver, retry_divisor=1)(f, y, y, extra=extra)
   np.testing.assert_array_equal(np.asarray(few.n_iters), np.asarray(whole.n_iters))
   for a, b in zip(few, whole):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-10)
   assert int(jnp.max(few.n_iters)) > 3
+
+
+def test_a_sharded_fit_retries_on_the_whole_batch():
+  # gathering the searching rows of a batch split over devices would be a collective
+  trainer = W2Trainer(potential="mlp", cost=neural_ot.ElasticL1(0.1))
+  assert trainer.solver.retry_divisor == solvers.RETRY_DIVISOR > 1
+  assert dataclasses.replace(trainer, sharded=True).solver.retry_divisor == 1
+  assert dataclasses.replace(trainer, sharded=True, cost=None).solver.retry_divisor == 1
+  assert "sharded" not in as_config(dataclasses.replace(trainer, sharded=True))
+  with pytest.raises(ValueError, match="`retry_divisor`"):
+    ConjugateSolver(retry_divisor=0)
 
 
 def test_conjugate_bad_input():

@@ -292,7 +292,7 @@ def fit_conditional_w2(data, *, context: str = "auto", standardize: bool = True,
   batch_size = batch_default if opts.batch_size is None else opts.batch_size
   opts = dataclasses.replace(opts, batch_size=batch_size)
   trainer = W2Trainer(**{**defaults, **options, "context_dim": contexts.dim,
-                         "context_mode": "input"})
+                         "context_mode": "input", "sharded": opts.mesh is not None})
   frame = Frame.fit(pooled_x, pooled_y) if standardize else Frame.identity(dim)
 
   # The base: Gaussian OT maps of the conditions, affine in the encoded context.

@@ -73,11 +73,11 @@ def _bdot(a, b):
   return jnp.sum(a * b, -1)
 
 
-# A line-search retry evaluates at most ceil(batch / RETRY_DIVISOR) rows per round (8: 2x
-# faster fit_w2 steps on lse-box at D = 64). Off (1, whole-batch retries) by default: the
-# two-process slow test (gloo) ran past its 900 s limit with it, suspected to be the gathers'
-# collectives on a sharded batch; not yet measured apart.
-RETRY_DIVISOR = 1
+# The solvers' default ``retry_divisor``: a line-search retry evaluates at most
+# ceil(batch / 8) rows per round (2x faster fit_w2 steps on lse-box at D = 64, 1.1-1.4x at
+# D = 128). A batch split over devices takes 1 (whole-batch retries, no gathers: on a sharded
+# batch a gather is a collective; the two-process test ran past its 900 s limit with 8).
+RETRY_DIVISOR = 8
 
 
 def _inputs(who: str, y, x0, context):
@@ -96,21 +96,22 @@ def _rows(mask, new, old):
   return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
 
-def _backtrack(trial: Callable, start: tuple, done: jax.Array, t0: jax.Array, max_halvings: int):
+def _backtrack(trial: Callable, start: tuple, done: jax.Array, t0: jax.Array, max_halvings: int,
+               divisor: int = RETRY_DIVISOR):
   """Per-row backtracking shared by the solvers: each row not ``done`` tries steps ``t0,
   t0 / 2, ...`` (at most ``max_halvings`` trials) until ``trial`` accepts one. Returns the
   accepted values (``start`` for rows never accepted), whether each row accepted (``done``
   rows count as accepted) and at which step.
 
   ``trial(t, take) -> (ok, values)`` evaluates the rows that ``take`` (a function gathering a
-  per-row array) picks, at their steps ``t``. With :data:`RETRY_DIVISOR` = 1 (the default)
-  every trial is the whole batch, rows that accepted keeping their values. With a divisor
-  ``q > 1`` the first trial is the whole batch and a retry evaluates only the rows still
-  searching, at most ``ceil(b / q)`` per round (rows are independent: in float64 the iterates
-  equal the whole-batch ones, tested). Measured in ``fit_w2`` at D = 64, a step's 10 L-BFGS
-  iterations needed 15 whole-batch trials where the unit step was rejected on a few rows only
-  (``q = 8``: 2x faster steps on lse-box; off by default, see :data:`RETRY_DIVISOR`)."""
-  if RETRY_DIVISOR <= 1:  # whole-batch retries: no gathers (no collectives on a sharded batch)
+  per-row array) picks, at their steps ``t``. With ``divisor`` = 1 every trial is the whole
+  batch, rows that accepted keeping their values. With a divisor ``q > 1`` (default
+  :data:`RETRY_DIVISOR`) the first trial is the whole batch and a retry evaluates only the
+  rows still searching, at most ``ceil(b / q)`` per round (rows are independent: in float64
+  the iterates equal the whole-batch ones, tested). Measured in ``fit_w2`` at D = 64, a step's
+  10 L-BFGS iterations needed 15 whole-batch trials where the unit step was rejected on a few
+  rows only (``q = 8``: 2x faster steps on lse-box)."""
+  if divisor <= 1:  # whole-batch retries: no gathers (no collectives on a sharded batch)
     def whole(c):
       k, t, vals, accepted, t_acc = c
       ok, tried = trial(t, lambda a: a)
@@ -130,7 +131,7 @@ def _backtrack(trial: Callable, start: tuple, done: jax.Array, t0: jax.Array, ma
   accepted = done | ok
   t = jnp.where(accepted, t0, 0.5 * t0)
   tries = jnp.ones((b,), jnp.int32)
-  k = -(-b // RETRY_DIVISOR)
+  k = -(-b // divisor)
 
   def body(c):
     t, vals, accepted, t_acc, tries = c
@@ -175,6 +176,9 @@ class ConjugateSolver:
     learning_rate: Adam step size (ignored by L-BFGS).
     history: L-BFGS memory.
     max_linesearch: halvings tried per L-BFGS step.
+    retry_divisor: a line-search retry evaluates at most ``ceil(batch / retry_divisor)`` of
+      the rows still searching per round (1: the whole batch each time; use 1 for a batch
+      split over devices, where gathering rows is a collective).
 
   Example:
     >>> import jax.numpy as jnp
@@ -190,6 +194,7 @@ class ConjugateSolver:
   learning_rate: float = 0.05
   history: int = 8
   max_linesearch: int = 20
+  retry_divisor: int = RETRY_DIVISOR
 
   def __post_init__(self):
     if self.method not in ("lbfgs", "adam"):
@@ -200,6 +205,9 @@ class ConjugateSolver:
       raise ValueError(f"ConjugateSolver: `max_iters` must be an int >= 0, got {self.max_iters!r}.")
     if not (isinstance(self.history, int) and self.history >= 1):
       raise ValueError(f"ConjugateSolver: `history` must be an int >= 1, got {self.history!r}.")
+    if not (isinstance(self.retry_divisor, int) and self.retry_divisor >= 1):
+      raise ValueError(f"ConjugateSolver: `retry_divisor` must be an int >= 1, got "
+                       f"{self.retry_divisor!r}.")
 
   def init(self, f: Callable, y: jax.Array, x0: jax.Array, context=None,
            extra: Callable | None = None) -> ConjugateState:
@@ -260,7 +268,7 @@ class ConjugateSolver:
 
     (x_new, h_new, g_new), accepted, _ = _backtrack(
         trial, (state.x, state.h, state.grad), state.done, jnp.ones_like(state.h),
-        self.max_linesearch)
+        self.max_linesearch, self.retry_divisor)
     gn = jnp.linalg.norm(g_new, axis=-1)
     return _push_pair(state, x_new, h_new, g_new, active & accepted,
                       state.done | (gn < self.tol) | (active & ~accepted))
@@ -320,6 +328,7 @@ class ProxGradSolver:
   tol: float = 1e-5
   max_iters: int = 100
   max_linesearch: int = 20
+  retry_divisor: int = RETRY_DIVISOR
 
   def __call__(self, f: Callable, y: jax.Array, x0: jax.Array | None = None, context=None,
                extra: Callable | None = None) -> ConjugateResult:
@@ -341,8 +350,8 @@ class ProxGradSolver:
             v_try <= val_r + _bdot(g_r, dx) + 0.5 * _bdot(dx, dx) / tt + 1e-7 * jnp.abs(val_r))
         return ok, (x_try, v_try, g_try)
 
-      (x_new, v_new, g_new), accepted, t_new = _backtrack(trial, (x, val, grad), done, t,
-                                                          self.max_linesearch)
+      (x_new, v_new, g_new), accepted, t_new = _backtrack(
+          trial, (x, val, grad), done, t, self.max_linesearch, self.retry_divisor)
       moved = active & accepted
       gm_new = jnp.linalg.norm(x_new - x, axis=-1) / t_new
       gm = jnp.where(moved, gm_new, gm)
@@ -391,6 +400,7 @@ class OWLQNSolver:
   max_iters: int = 100
   history: int = 8
   max_linesearch: int = 20
+  retry_divisor: int = RETRY_DIVISOR
 
   def __call__(self, f: Callable, y: jax.Array, x0: jax.Array | None = None, context=None,
                extra: Callable | None = None) -> ConjugateResult:
@@ -423,7 +433,7 @@ class OWLQNSolver:
 
       (x_new, v_new, g_new, f_new), accepted, _ = _backtrack(
           trial, (state.x, state.h, state.grad, fval), state.done | (slope >= 0),
-          jnp.ones_like(fval), self.max_linesearch)
+          jnp.ones_like(fval), self.max_linesearch, self.retry_divisor)
       moved = active & accepted & (slope < 0)
       gn = jnp.linalg.norm(_pseudo_grad(g_new, x_new - y, l1), axis=-1)
       state = _push_pair(state, x_new, v_new, g_new, moved,

@@ -364,6 +364,8 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
                                 **options, "cost": std_cost}) for c in candidates}
     if racing:
       trainers[race.RECOVERY] = dataclasses.replace(trainers["mlp"], leak=race.RECOVERY_LEAK)
+  if opts.mesh is not None:  # a batch split over devices: whole-batch line-search retries
+    trainers = {k: dataclasses.replace(t, sharded=True) for k, t in trainers.items()}
   moments = None if init_map is not None else (gaussian.moments(frame.to_source(pair.src_mom)),
                                                gaussian.moments(frame.to_target(pair.tgt_mom)))
   k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))

@@ -26,7 +26,7 @@ import optax
 
 from neural_ot._validation import check_widths, is_int
 from neural_ot.conjugate import ConjugateSolver
-from neural_ot.conjugate.solvers import OWLQNSolver, ProxGradSolver
+from neural_ot.conjugate.solvers import RETRY_DIVISOR, OWLQNSolver, ProxGradSolver
 from neural_ot.geometry.costs import TICost, cost_from_json
 from neural_ot.potentials import ICNN, MLPPotential, MLPPredictor
 from neural_ot.potentials.conditional import ConditionalICNN, ConditionalPredictor, FixedContext
@@ -96,6 +96,10 @@ class W2Trainer:
     fixed_quadratic: the potential's quadratic term keeps its starting value (the others
       train). For costs that grow slower than ``|z|^2`` (``fit_map`` sets it, with
       ``init="identity"``): any curvature of ``psi`` below 1 makes their conjugate unbounded.
+    sharded: the batch is split over devices (the fits set it when given a ``mesh``): the
+      conjugate's line search then retries on the whole batch, since gathering the few rows
+      that search would be a collective. Not part of the run's configuration (a map or
+      checkpoint does not record it).
   """
 
   potential: str = "icnn"
@@ -123,6 +127,7 @@ class W2Trainer:
   leak: float = 0.0
   cost: Any = None
   fixed_quadratic: bool = False
+  sharded: bool = False
 
   def __post_init__(self):
     if isinstance(self.cost, dict):  # a saved map's configuration
@@ -189,7 +194,7 @@ class W2Trainer:
     each field's default (``__post_init__`` checks the allowed strings and tighter ranges): a
     bad value is a ``TypeError``/``ValueError`` naming it, not a failure deep inside flax or
     the schedule. ``potential`` may also be ``"auto"`` (the fit chooses)."""
-    fields = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    fields = {f.name for f in dataclasses.fields(cls)} - set(exclude) - {"sharded"}
     unknown = sorted(set(options) - fields)
     if unknown:
       raise TypeError(f"{who}: unknown option(s) {unknown}; valid options are {sorted(fields)} "
@@ -240,12 +245,16 @@ class W2Trainer:
   @property
   def solver(self) -> ConjugateSolver | ProxGradSolver:
     """The conjugate solver (``ProxGradSolver`` for a cost with an ``l1`` part)."""
+    divisor = 1 if self.sharded else RETRY_DIVISOR
     if self.cost is not None and self.cost.l1_weight > 0:
       l1 = float(self.cost.l1_weight)
       if self.finetune == "prox":
-        return ProxGradSolver(l1, tol=self.finetune_tol, max_iters=self.finetune_iters)
-      return OWLQNSolver(l1, tol=self.finetune_tol, max_iters=self.finetune_iters)
-    return ConjugateSolver(self.finetune, tol=self.finetune_tol, max_iters=self.finetune_iters)
+        return ProxGradSolver(l1, tol=self.finetune_tol, max_iters=self.finetune_iters,
+                              retry_divisor=divisor)
+      return OWLQNSolver(l1, tol=self.finetune_tol, max_iters=self.finetune_iters,
+                         retry_divisor=divisor)
+    return ConjugateSolver(self.finetune, tol=self.finetune_tol, max_iters=self.finetune_iters,
+                           retry_divisor=divisor)
 
   @property
   def extra(self) -> Callable | None:
@@ -397,7 +406,8 @@ class W2Trainer:
 
 def as_config(trainer: W2Trainer) -> dict:
   """JSON-able dict of the trainer's fields."""
-  out = {f.name: getattr(trainer, f.name) for f in dataclasses.fields(trainer)}
+  out = {f.name: getattr(trainer, f.name) for f in dataclasses.fields(trainer)
+         if f.name != "sharded"}  # how the batch is laid out, not what is trained
   if trainer.cost is None:  # W2: the configuration (and checkpoint fingerprints) of before
     del out["cost"]
   else:
