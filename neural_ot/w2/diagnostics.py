@@ -27,7 +27,7 @@ import numpy as np
 from neural_ot.potentials.icnn import ACTIVATIONS
 
 __all__ = ["FitDiagnostics", "HeldoutTerms", "heldout_dual_terms", "inactive_units", "diagnose",
-           "cut_off", "warn_if_stalled"]
+           "cut_off", "warn_if_stalled", "keep_start"]
 
 # A fit "stalled" when its held-out dual is no better than the Gaussian start's by more than
 # this many standard errors of the paired difference (and by this fraction of the start's
@@ -62,6 +62,9 @@ class FitDiagnostics:
     message: what was seen, in words ("" when nothing was flagged).
     choice: the automatic model choice (``potential="auto"``): candidate names and their
       held-out duals at the end of their race, and the one kept; ``None`` otherwise.
+    returned_start: the trained map's held-out dual was worse than its Gaussian start's, so
+      the fit returned the start (the Gaussian map) instead; the other figures describe the
+      trained map.
   """
 
   dual_start: float
@@ -75,6 +78,7 @@ class FitDiagnostics:
   stalled: bool
   message: str = ""
   choice: dict | None = None
+  returned_start: bool = False
 
   def as_dict(self) -> dict:
     out = dataclasses.asdict(self)
@@ -184,6 +188,22 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
                  + ", ".join(f"{100 * v:.0f} %" for v in per) + ")")
   return FitDiagnostics(start, end, gain, se, share, per, resid_med, resid_99,
                         bool(notes), "; ".join(notes), choice)
+
+
+def keep_start(diag: FitDiagnostics) -> FitDiagnostics | None:
+  """The diagnostics of a fit that returns its Gaussian start instead of the trained map, or
+  ``None``: the start is kept when the trained map's held-out dual is higher (worse). Measured
+  at D = 128 (5-minute runs, ``benchmarks/RESULTS.md``, issue 27): on every pair whose trained
+  map ended above its start's held-out dual (icnn-box, radial-student, quadratic-gauss,
+  icnn-student), the start's L2-UVP to the known map was the lower one (1.12 vs 1.14 %,
+  0.39 vs 0.44 %, 0.001 vs 0.026 %, 1.28 vs 1.31 %)."""
+  if not diag.dual_gain < 0:  # also False without a start (nan)
+    return None
+  note = (f"the trained map's held-out dual is higher than its Gaussian start's by "
+          f"{-diag.dual_gain:.3g} (standard error {diag.dual_gain_se:.3g}): the Gaussian start "
+          f"is returned in its place")
+  message = "; ".join(m for m in (diag.message, note) if m)
+  return dataclasses.replace(diag, stalled=True, message=message, returned_start=True)
 
 
 def warn_if_stalled(diag: FitDiagnostics, who: str = "fit_w2") -> None:

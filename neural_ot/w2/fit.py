@@ -227,7 +227,8 @@ def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None =
   (``map.diagnostics``): the held-out dual of the Gaussian start and of the map, the share of
   inactive hidden units, conjugate residuals and the race's figures. A fit that ended no
   better than its start, or with most units inactive, warns (``RuntimeWarning``) and says so
-  there.
+  there; one whose held-out dual ended above the start's returns the start (the Gaussian map
+  between the measures' moments) in its place (``diagnostics.returned_start``).
 
   Args:
     source, target: arrays ``(n, d)`` (numpy or jax; ``(n,)`` means ``d = 1``) or samplers
@@ -453,6 +454,10 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
     terms = diagnostics.heldout_dual_terms(trainer, mp.params, x_held, y_held)
     diag = diagnostics.diagnose(trainer, mp.params, gaussian_start(trainer), x_held, y_held,
                                 choice, terms, start_terms(trainer))
+  kept = diagnostics.keep_start(diag)
+  if kept is not None:  # the trained map is worse than its Gaussian start: return the start
+    diag, terms = kept, start_terms(trainer)
+    mp = make_map(trainer, start(trainer), mp.history)
   _warn_if_map_diverged(mp, pair.src_held, pair.tgt_held, who)
   diagnostics.warn_if_stalled(diag, who)
   # the diagnostics' local solve is the estimate's conjugate (the same held-out rows)
