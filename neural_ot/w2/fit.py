@@ -47,7 +47,15 @@ _CKPT = "checkpoint.msgpack"
 _NETWORK_FIELDS = frozenset({"potential", "hidden", "activation", "strong_convexity",
                              "predictor_hidden", "context_dim", "context_hidden", "context_mode"})
 _N_HELD_OUT = 4096
-_N_MOMENTS = 16384
+
+
+def moment_rows(dim: int) -> int:
+  """Rows the Gaussian start's moments are estimated from: ``max(2^14, 512 dim)``, at most
+  ``2^16``. The start's error from the moments' sampling grows with ``dim``: at D = 128 the
+  moment-matched Gaussian map's forward L2-UVP was 1.44 / 1.30 / 1.24 % from 2^14 / 2^16 /
+  2^18 samples on the tune family icnn-student (held-out icnn-box 1.39 / 1.18 / 1.14,
+  radial-student 0.66 / 0.45 / 0.41; ``benchmarks/RESULTS.md``, issue 27)."""
+  return int(min(max(2 ** 14, 512 * int(dim)), 2 ** 16))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +123,8 @@ def _prepare(data, name: str, dtype, rng, seed, who="fit_w2"):
   """``(fn or None, train array or None, moment sample, held-out sample, fingerprint part)``."""
   if callable(data):
     probe = _check_sampler(data, name, who=who)
-    moment = _check_sampler(data, name, _N_MOMENTS, 10 ** 6 + seed, who).astype(dtype)
+    moment = _check_sampler(data, name, moment_rows(probe.shape[1]), 10 ** 6 + seed,
+                            who).astype(dtype)
     held = _check_sampler(data, name, _N_HELD_OUT, 2 * 10 ** 6 + seed, who).astype(dtype)
     tag = f"sampler {getattr(data, '__qualname__', type(data).__name__)} " + \
         train.data_fingerprint(probe.astype(np.float32))
@@ -146,7 +155,7 @@ def _prepare(data, name: str, dtype, rng, seed, who="fit_w2"):
   held, rest = arr[perm[:n_held]], arr[perm[n_held:]]
   if n_held == 0:  # too few rows to hold any out: the estimate is in-sample (documented)
     held = rest
-  return None, rest, rest[:_N_MOMENTS], held, tag
+  return None, rest, rest[:moment_rows(arr.shape[1])], held, tag
 
 
 def training_rows(n: int) -> int:
