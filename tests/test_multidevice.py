@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
 import neural_ot
@@ -60,3 +61,16 @@ def test_process_points_on_one_process_is_the_cloud_with_uniform_weights():
     process_points(x[0], mesh)
   with pytest.raises(ValueError, match="`weights` must have shape"):
     process_points(x, mesh, weights=np.ones(5))
+
+
+def test_a_fit_given_a_mesh_keeps_whole_batch_line_search_retries():
+  # gathering the rows still searching would be a collective on a batch split over devices:
+  # a fit given a `mesh` must say so to its trainer (W2Trainer.sharded), plain fits must not
+  import numpy as np
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(512, 2)), rng.normal(size=(512, 2)) * 0.5 + 1.0
+  mesh = make_mesh(jax.devices()[:1])
+  on_mesh = neural_ot.fit_w2(x, y, steps=3, potential="mlp", mesh=mesh)
+  plain = neural_ot.fit_w2(x, y, steps=3, potential="mlp")
+  assert on_mesh.trainer.sharded and on_mesh.trainer.solver.retry_divisor == 1
+  assert not plain.trainer.sharded and plain.trainer.solver.retry_divisor > 1

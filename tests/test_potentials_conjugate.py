@@ -162,8 +162,16 @@ def test_a_sharded_fit_retries_on_the_whole_batch():
   assert dataclasses.replace(trainer, sharded=True).solver.retry_divisor == 1
   assert dataclasses.replace(trainer, sharded=True, cost=None).solver.retry_divisor == 1
   assert "sharded" not in as_config(dataclasses.replace(trainer, sharded=True))
-  with pytest.raises(ValueError, match="`retry_divisor`"):
-    ConjugateSolver(retry_divisor=0)
+  for make in (ConjugateSolver, lambda **kw: solvers.OWLQNSolver(0.1, **kw),
+               lambda **kw: solvers.ProxGradSolver(0.1, **kw)):
+    with pytest.raises(ValueError, match="`retry_divisor` must be an int >= 1"):
+      make(retry_divisor=0)
+    with pytest.raises(ValueError, match="`max_linesearch` must be an int >= 0"):
+      make(max_linesearch=-1)
+    with pytest.raises(ValueError, match="`tol` must be > 0"):
+      make(tol=0.0)
+  with pytest.raises(ValueError, match="`l1` must be >= 0"):
+    solvers.OWLQNSolver(-0.1)
 
 
 def test_conjugate_bad_input():

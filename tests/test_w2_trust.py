@@ -220,3 +220,43 @@ def test_trace_count_names_what_it_counts():
   assert trace_count("sinkhorn") >= 0
   with pytest.raises(ValueError, match="`name` must be one of"):
     trace_count("sinkhron")
+
+
+def test_stall_advice_names_only_what_the_stalled_fit_did_not_have():
+  plain, leaky, icnn = (W2Trainer(potential="mlp"), W2Trainer(potential="mlp", leak=0.02),
+                        W2Trainer(potential="icnn"))
+  assert "potential='icnn'" in diagnostics.stall_advice(plain)
+  assert "leak=0.02" in diagnostics.stall_advice(plain)
+  assert "leak" not in diagnostics.stall_advice(leaky)
+  assert "potential='mlp'" in diagnostics.stall_advice(icnn)
+  assert "potential='icnn'" not in diagnostics.stall_advice(icnn)
+  assert "leak" not in diagnostics.stall_advice(icnn)
+
+
+@pytest.mark.parametrize("potential", ["mlp", "icnn"])
+def test_quad_lr_scale_scales_the_quadratic_terms_step_only(potential):
+  # Adam's first step is the same for every parameter of both trainers (same gradients); the
+  # quadratic term's move is `quad_lr_scale` times the full one, every other parameter's equal
+  pair = family_pair("softplus2-subspace", 3)
+  x, y = (jnp.asarray(v) for v in pair.pairs(jax.random.PRNGKey(0), 64))
+  moves = {}
+  for scale in (1.0, 0.1, 0.0):
+    tr = W2Trainer(potential=potential, hidden=(8, 8), predictor_hidden=(8,), warmup_steps=0,
+                   quad_lr_scale=scale)
+    st = tr.init_state(jax.random.PRNGKey(1), 3, 10, gaussian.moments(np.asarray(x)),
+                       gaussian.moments(np.asarray(y)))
+    new, _ = tr.step(st, (x, y))
+    moves[scale] = jax.tree.map(lambda a, b: np.asarray(a - b), new.params, st.params)
+  mask = tr.f_module.decay_mask(moves[1.0]["f"])  # False on the quadratic term only
+  for keep, full, tenth, none in zip(jax.tree.leaves(mask), jax.tree.leaves(moves[1.0]["f"]),
+                                     jax.tree.leaves(moves[0.1]["f"]),
+                                     jax.tree.leaves(moves[0.0]["f"])):
+    if keep:
+      np.testing.assert_allclose(tenth, full, rtol=1e-6, atol=1e-6)  # float32 differences
+      np.testing.assert_allclose(none, full, rtol=1e-6, atol=1e-6)
+    else:
+      assert np.abs(full).max() > 5e-4
+      np.testing.assert_allclose(tenth, 0.1 * full, rtol=1e-5, atol=1e-6)
+      np.testing.assert_array_equal(none, 0.0)
+  with pytest.raises(ValueError, match="`quad_lr_scale`"):
+    W2Trainer(quad_lr_scale=-1.0)

@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = ["ConjugateResult", "ConjugateSolver", "ConjugateState", "OWLQNSolver", "ProxGradSolver",
@@ -165,6 +166,21 @@ def _push_pair(state: "ConjugateState", x_new, h_new, g_new, moved, done) -> "Co
       done=done)
 
 
+def _check_fields(solver) -> None:
+  """The numeric fields the solvers share, each checked by name (a bad value is a clear
+  ``ValueError`` at construction, not a division by zero or an empty loop inside a trace)."""
+  who = type(solver).__name__
+  if not float(solver.tol) > 0:
+    raise ValueError(f"{who}: `tol` must be > 0, got {solver.tol!r}.")
+  for name, least in (("max_iters", 0), ("history", 1), ("max_linesearch", 0),
+                      ("retry_divisor", 1)):
+    val = getattr(solver, name, least)
+    if not (isinstance(val, (int, np.integer)) and not isinstance(val, bool) and val >= least):
+      raise ValueError(f"{who}: `{name}` must be an int >= {least}, got {val!r}.")
+  if not float(getattr(solver, "l1", 0.0)) >= 0:
+    raise ValueError(f"{who}: `l1` must be >= 0, got {solver.l1!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class ConjugateSolver:
   """Maximise ``<x, y> - f(x)`` for each row of ``y``.
@@ -199,15 +215,7 @@ class ConjugateSolver:
   def __post_init__(self):
     if self.method not in ("lbfgs", "adam"):
       raise ValueError(f"ConjugateSolver: `method` must be 'lbfgs' or 'adam', got {self.method!r}.")
-    if not self.tol > 0:
-      raise ValueError(f"ConjugateSolver: `tol` must be > 0, got {self.tol!r}.")
-    if not (isinstance(self.max_iters, int) and self.max_iters >= 0):
-      raise ValueError(f"ConjugateSolver: `max_iters` must be an int >= 0, got {self.max_iters!r}.")
-    if not (isinstance(self.history, int) and self.history >= 1):
-      raise ValueError(f"ConjugateSolver: `history` must be an int >= 1, got {self.history!r}.")
-    if not (isinstance(self.retry_divisor, int) and self.retry_divisor >= 1):
-      raise ValueError(f"ConjugateSolver: `retry_divisor` must be an int >= 1, got "
-                       f"{self.retry_divisor!r}.")
+    _check_fields(self)
 
   def init(self, f: Callable, y: jax.Array, x0: jax.Array, context=None,
            extra: Callable | None = None) -> ConjugateState:
@@ -330,6 +338,9 @@ class ProxGradSolver:
   max_linesearch: int = 20
   retry_divisor: int = RETRY_DIVISOR
 
+  def __post_init__(self):
+    _check_fields(self)
+
   def __call__(self, f: Callable, y: jax.Array, x0: jax.Array | None = None, context=None,
                extra: Callable | None = None) -> ConjugateResult:
     y, x0, context = _inputs("ProxGradSolver", y, x0, context)
@@ -401,6 +412,9 @@ class OWLQNSolver:
   history: int = 8
   max_linesearch: int = 20
   retry_divisor: int = RETRY_DIVISOR
+
+  def __post_init__(self):
+    _check_fields(self)
 
   def __call__(self, f: Callable, y: jax.Array, x0: jax.Array | None = None, context=None,
                extra: Callable | None = None) -> ConjugateResult:

@@ -39,6 +39,15 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
     died in 3 of 5 tune-half 300 s runs (radial-subspace ended at 0.82x the Gaussian map's
     L2-UVP; leaky: 0.30x; ridges-gmm 0.50 -> 0.33 %, icnn-student 0.65 -> 0.74 %, softplus2-gmm
     equal; tune half of :mod:`neural_ot.w2bench.families`, ``benchmarks/RESULTS.md``).
+  * Above D = 64 the potential's quadratic term trains at a tenth of the rate
+    (``quad_lr_scale=0.1``; both potentials): Adam moves each of its ``D^2`` entries by about
+    the rate whatever the size of its gradient, noise of spectral size ``~ 2 rate sqrt(D)`` on
+    the map's linear part, which at D = 128 buried the nonlinear gain. Chosen on the tune half
+    at D = 128 (forward / inverse L2-UVP %, 1.0 -> 0.1): lse-box 45.3 / 263 -> 46.5 / 86.2 and
+    ridges-gmm 3.81 / 5.13 -> 3.19 / 4.62 in 5 minutes, icnn-student 1.41 / 1.47 -> 1.26 / 1.39
+    in 15 (its Gaussian start: 1.33 / 1.45); the race's ICNN candidate ended at a held-out dual
+    of 2290-2784 (diverged) with 1.0 and 114-118 with 0.1 (``benchmarks/RESULTS.md``, session
+    38). Not measured at D <= 64 nor for conditional fits, where it stays 1.
   * Batch 256 (capped by ``n``); the conjugate: 10 L-BFGS steps to ``|grad| < 1e-3``.
   * ``l1_cost=True`` (``fit_map`` with a cost that has an ``l1`` part, e.g. ``ElasticL1``): 5
     orthant-wise L-BFGS steps instead of 10 (tune family ``elastic-gmm``, D = 8 and 16, 60 s:
@@ -106,7 +115,11 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
   # both races; D = 64 at 1e-2, 3 of 5 pairs): leaky units cannot die (W2Trainer.leak;
   # RESULTS.md, issue 27).
   leak = 0.02 if mlp and dim > 16 else 0.0
+  # Above 64 dimensions Adam's per-entry steps on the D x D quadratic term are noise that
+  # buries the nonlinear gain (tune half at D = 128, RESULTS.md session 38).
+  quad_lr_scale = 0.1 if dim > 64 and not conditional else 1.0
   out = dict(potential="mlp" if mlp else "icnn", hidden=(2 * m, 2 * m, m), leak=leak,
+             quad_lr_scale=quad_lr_scale,
              predictor_hidden=(2 * m, 2 * m), learning_rate=lr,
              final_lr_fraction=0.05 if conditional else 0.005,
              finetune_iters=5 if l1_cost else 10, finetune_tol=1e-3, batch_size=batch)

@@ -468,7 +468,7 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
     diag, terms = kept, start_terms(trainer)
     mp = make_map(trainer, start(trainer), mp.history)
   _warn_if_map_diverged(mp, pair.src_held, pair.tgt_held, who)
-  diagnostics.warn_if_stalled(diag, who)
+  diagnostics.warn_if_stalled(diag, who, trainer)
   # the diagnostics' local solve is the estimate's conjugate (the same held-out rows)
   estimate = _dual_w2_from(mp, pair.src_held, pair.tgt_held, terms.fx, terms.local) if (
       cost is None) else transport_cost(mp, cost, pair.src_held)

@@ -96,6 +96,10 @@ class W2Trainer:
     fixed_quadratic: the potential's quadratic term keeps its starting value (the others
       train). For costs that grow slower than ``|z|^2`` (``fit_map`` sets it, with
       ``init="identity"``): any curvature of ``psi`` below 1 makes their conjugate unbounded.
+    quad_lr_scale: the potential's quadratic term trains at this fraction of the rate (>= 0;
+      1 trains it as the rest, 0 is ``fixed_quadratic``). Adam moves each of its ``D^2``
+      entries by about the rate whatever its gradient's size, so at high ``D`` the map's
+      linear part takes noise of spectral size ``~ 2 rate sqrt(D)`` per step.
     sharded: the batch is split over devices (the fits set it when given a ``mesh``): the
       conjugate's line search then retries on the whole batch, since gathering the few rows
       that search would be a collective. Not part of the run's configuration (a map or
@@ -127,7 +131,9 @@ class W2Trainer:
   leak: float = 0.0
   cost: Any = None
   fixed_quadratic: bool = False
-  sharded: bool = False
+  quad_lr_scale: float = 1.0
+  # how the batch is laid out, not what is trained: no option, map or checkpoint records it
+  sharded: bool = dataclasses.field(default=False, metadata={"config": False})
 
   def __post_init__(self):
     if isinstance(self.cost, dict):  # a saved map's configuration
@@ -167,6 +173,9 @@ class W2Trainer:
     if not 0.0 <= float(self.final_lr_fraction) <= 1.0:
       raise ValueError(f"W2Trainer: `final_lr_fraction` (where the schedule ends, as a fraction "
                        f"of the peak) must be in [0, 1], got {self.final_lr_fraction!r}.")
+    if not 0.0 <= float(self.quad_lr_scale) < float("inf"):
+      raise ValueError(f"W2Trainer: `quad_lr_scale` (the quadratic term's share of the rate) "
+                       f"must be finite and >= 0, got {self.quad_lr_scale!r}.")
     if not 0.0 <= float(self.weight_decay) < float("inf"):
       raise ValueError(f"W2Trainer: `weight_decay` must be finite and >= 0, got "
                        f"{self.weight_decay!r}.")
@@ -194,7 +203,8 @@ class W2Trainer:
     each field's default (``__post_init__`` checks the allowed strings and tighter ranges): a
     bad value is a ``TypeError``/``ValueError`` naming it, not a failure deep inside flax or
     the schedule. ``potential`` may also be ``"auto"`` (the fit chooses)."""
-    fields = {f.name for f in dataclasses.fields(cls)} - set(exclude) - {"sharded"}
+    fields = {f.name for f in dataclasses.fields(cls) if f.metadata.get("config", True)} - set(
+        exclude)
     unknown = sorted(set(options) - fields)
     if unknown:
       raise TypeError(f"{who}: unknown option(s) {unknown}; valid options are {sorted(fields)} "
@@ -288,12 +298,14 @@ class W2Trainer:
     opt = optax.chain(optax.clip_by_global_norm(self.grad_clip),
                       optax.adamw(1.0, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
                                   mask=mask))
-    if not self.fixed_quadratic:
+    scale = 0.0 if self.fixed_quadratic else float(self.quad_lr_scale)
+    if scale == 1.0:
       return opt
-    # the potential's quadratic term keeps its start: every other parameter trains
+    # the potential's quadratic term trains at `scale` times the rate (0: keeps its start)
     quad = lambda p: {"f": jax.tree.map(lambda m: not m, self.f_module.decay_mask(p["f"])),
                       "g": jax.tree.map(lambda m: False, p["g"])}
-    return optax.chain(opt, optax.masked(optax.set_to_zero(), quad))
+    return optax.chain(opt, optax.masked(
+        optax.set_to_zero() if scale == 0.0 else optax.scale(scale), quad))
 
   def init_params(self, key: jax.Array, dim: int, dtype=jnp.float32):
     """Freshly initialised ``{"f": ..., "g": ...}`` for dimension ``dim``."""
@@ -407,7 +419,7 @@ class W2Trainer:
 def as_config(trainer: W2Trainer) -> dict:
   """JSON-able dict of the trainer's fields."""
   out = {f.name: getattr(trainer, f.name) for f in dataclasses.fields(trainer)
-         if f.name != "sharded"}  # how the batch is laid out, not what is trained
+         if f.metadata.get("config", True)}
   if trainer.cost is None:  # W2: the configuration (and checkpoint fingerprints) of before
     del out["cost"]
   else:
