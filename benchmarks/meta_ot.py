@@ -25,7 +25,7 @@ import optax
 
 import neural_ot
 from neural_ot.meta import (digits_histograms, fit_meta, gaussian_init,
-                            gaussian_mixture_histograms, grid)
+                            gaussian_mixture_histograms, grid, multiscale_init)
 
 THRESHOLDS = (1e-2, 1e-3, 1e-4)
 
@@ -69,10 +69,12 @@ def iterations(x, a, b, eps, f0, check=True):
           for t in THRESHOLDS]
 
 
-def seconds(x, a, b, eps, f0, tol, check=True):
-  run = lambda: neural_ot.sinkhorn(x, x, a, b, epsilon=eps, tol=tol, max_iters=5000,
-                                   init=None if f0 is None else (f0, None),
-                                   init_check=check).f
+def seconds(x, a, b, eps, start, tol, check=True):
+  """Wall-clock of one solve to ``tol``, the start's prediction ``start()`` included."""
+  def run():
+    f0 = start()
+    return neural_ot.sinkhorn(x, x, a, b, epsilon=eps, tol=tol, max_iters=5000,
+                              init=None if f0 is None else (f0, None), init_check=check).f
   jax.block_until_ready(run())
   t = time.perf_counter()
   jax.block_until_ready(run())
@@ -94,7 +96,38 @@ def rings_histograms(key, k, size):
   return h / h.sum(-1, keepdims=True)
 
 
+def field_histograms(key, k, size, n_freq=16):
+  """``k`` histograms ``exp(beta phi)`` of random smooth fields ``phi`` (a sum of ``n_freq``
+  random cosines, wavelengths 1/4 to 1 of the domain, ``beta`` in [1, 5]): many irregular
+  bumps and ridges, a family no model here is trained on."""
+  g = grid(size)
+  kw, ks, kp, ka, kb = jax.random.split(key, 5)
+  scale = jax.random.uniform(ks, (k, 1, 1), minval=1.0, maxval=4.0)
+  w = 2 * jnp.pi * scale * jax.random.normal(kw, (k, n_freq, 2))
+  ph = jax.random.uniform(kp, (k, n_freq), maxval=2 * jnp.pi)
+  amp = jax.random.normal(ka, (k, n_freq)) / jnp.sqrt(n_freq)
+  phi = jnp.sum(amp[:, :, None] * jnp.cos(jnp.einsum("kfd,nd->kfn", w, g) + ph[:, :, None]), 1)
+  z = jax.random.uniform(kb, (k, 1), minval=1.0, maxval=5.0) * phi
+  h = jnp.exp(z - z.max(-1, keepdims=True))
+  h = h / h.sum(-1, keepdims=True) + 1e-6
+  return h / h.sum(-1, keepdims=True)
+
+
+def upsampled_digits(size):
+  """The test digits (images 1500-1599) on the ``size`` x ``size`` grid (nearest pixel)."""
+  img = digits_histograms().reshape(-1, 8, 8)[1500:1600]
+  idx = (np.arange(size) * 8) // size
+  h = img[:, idx][:, :, idx].reshape(len(img), size * size)
+  h = h / h.sum(-1, keepdims=True)
+  return jnp.asarray(h[:50]), jnp.asarray(h[50:])
+
+
 def family(name, size):
+  if name == "fields":
+    return grid(size), None, (field_histograms(jax.random.PRNGKey(11), 50, size),
+                              field_histograms(jax.random.PRNGKey(12), 50, size))
+  if name == "digits-grid":
+    return grid(size), None, upsampled_digits(size)
   if name == "rings":
     return grid(size), None, (rings_histograms(jax.random.PRNGKey(7), 50, size),
                               rings_histograms(jax.random.PRNGKey(8), 50, size))
@@ -122,6 +155,7 @@ def main():
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
   p.add_argument("--no-ott", action="store_true")
+  p.add_argument("--base", default="multiscale", help="fit_meta's base")
   p.add_argument("--unseen", nargs="*", default=[],
                  help="families never trained on, tested with each mixtures model (same grid)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -132,30 +166,32 @@ def main():
     steps = args.steps if fam == "digits" else args.mixture_steps
     for eps in args.eps:
       t0 = time.perf_counter()
-      ours = fit_meta(pairs, x, eps, steps=steps, batch_size=args.batch, hidden=tuple(args.hidden))
+      ours = fit_meta(pairs, x, eps, steps=steps, batch_size=args.batch, hidden=tuple(args.hidden),
+                      base=args.base)
       train_s = time.perf_counter() - t0
-      f_meta = ours.predict(ta, tb)[0]
-      starts = {"zeros": lambda i: None,
-                "gaussian": lambda i: gaussian_init(x, ta[i], tb[i]),
-                "meta (ours)": lambda i: f_meta[i]}
+      starts = _starts(x, ta, tb, eps, ours)
       ott_s = None
       if not args.no_ott:
         t0 = time.perf_counter()
         ott_pred = train_ott(pairs, x, eps, steps, args.batch, tuple(args.hidden))
         ott_s = time.perf_counter() - t0
-        f_ott = jnp.stack([ott_pred(ta[i], tb[i]) for i in range(len(ta))])
-        starts["meta (ott-jax)"] = lambda i: f_ott[i]
+        starts["meta (ott-jax)"] = lambda i: ott_pred(ta[i], tb[i])
       tests = [(fam, ta, tb, starts)]
       for other in args.unseen if fam != "digits" else []:
         _, _, (ua, ub) = family(other, args.size)
-        f_u = ours.predict(ua, ub)[0]
-        tests.append((f"{other} (unseen)", ua, ub, {
-            "zeros": lambda i: None,
-            "gaussian": lambda i, ua=ua, ub=ub: gaussian_init(x, ua[i], ub[i]),
-            "meta (ours)": lambda i, f_u=f_u: f_u[i]}))
+        tests.append((f"{other} (unseen)", ua, ub, _starts(x, ua, ub, eps, ours)))
       for tname, ta, tb, tstarts in tests:
         rows += _evaluate(tname, fam, x, ta, tb, eps, tstarts, steps, train_s, ott_s)
   _report(rows, args)
+
+
+def _starts(x, ta, tb, eps, model):
+  """Each start as ``start(i) -> f`` for test pair ``i``, computed when called (so the timed
+  solves include the prediction)."""
+  return {"zeros": lambda i: None,
+          "gaussian": lambda i: gaussian_init(x, ta[i], tb[i]),
+          "multiscale (no network)": lambda i: multiscale_init(x, ta[i], tb[i], eps),
+          "meta (ours)": lambda i: model.predict(ta[i], tb[i])[0]}
 
 
 def _evaluate(tname, fam, x, ta, tb, eps, starts, steps, train_s, ott_s):
@@ -166,7 +202,7 @@ def _evaluate(tname, fam, x, ta, tb, eps, starts, steps, train_s, ott_s):
     if name == "zeros":
       zero_its = its
     slower = (its > zero_its + 1).mean(0).tolist()  # share of pairs slower than zeros by > 1
-    secs = [float(np.median([seconds(x, ta[i], tb[i], eps, start(i), t, check)
+    secs = [float(np.median([seconds(x, ta[i], tb[i], eps, lambda: start(i), t, check)
                              for i in range(0, len(ta), 5)])) for t in THRESHOLDS]
     row = {"family": tname, "trained_on": fam, "n": int(x.shape[0]), "eps": eps,
            "start": name, "iters_median": np.median(its, 0).tolist(),

@@ -6,13 +6,14 @@ import warnings
 from neural_ot.meta.histograms import digits_histograms, gaussian_mixture_histograms, grid
 from neural_ot.meta.model import (MetaOT, c_transform, dual_value, fit_meta, gaussian_init,
                                   load_meta, support_geometry)
+from neural_ot.meta.starts import coarsen, multiscale_init
 from neural_ot.meta.points import (MetaPointsOT, fit_meta_points, gaussian_potential,
                                    load_meta_points)
 
 __all__ = ["MetaOT", "c_transform", "digits_histograms", "dual_value", "fit_meta",
            "gaussian_init", "gaussian_mixture_histograms", "gaussian_potential", "grid",
            "load_meta", "load_meta_points", "MetaPointsOT", "fit_meta_points",
-           "support_geometry"]
+           "coarsen", "multiscale_init", "support_geometry"]
 
 
 def __getattr__(name):

@@ -36,10 +36,10 @@ import numpy as np
 import optax
 
 from neural_ot import _validation, io, train
-from neural_ot.gaussian import gaussian_map
 from neural_ot.geometry import PointCloud, SqEuclidean
 from neural_ot.sinkhorn import Sinkhorn, dual_objective
 from neural_ot.meta.model import scheduled_adam
+from neural_ot.meta.starts import gaussian_potential
 from neural_ot.train import TrainState
 
 __all__ = ["MetaPointsOT", "MetaPointsTrainer", "fit_meta_points", "load_meta_points",
@@ -47,30 +47,6 @@ __all__ = ["MetaPointsOT", "MetaPointsTrainer", "fit_meta_points", "load_meta_po
 
 _FORMAT = "neural_ot.MetaPointsOT/1"
 _PREDICT_KEY = 0  # landmarks are drawn with a fixed key: a prediction is deterministic
-
-
-def _moments(z, w):
-  m = w @ z
-  zc = z - m
-  return m, (zc * w[:, None]).T @ zc
-
-
-def _gaussian_map(x, a, y, b, ridge):
-  (m1, s1), (m2, s2) = _moments(x, a), _moments(y, b)
-  eye = ridge * jnp.eye(x.shape[-1], dtype=x.dtype)
-  return gaussian_map(m1, s1 + eye, m2, s2 + eye)
-
-
-def _quadratic(z, mat, c):
-  return jnp.sum(z * z, -1) - jnp.sum((z @ mat) * z, -1) - 2 * z @ c
-
-
-def gaussian_potential(x, a, y, b, ridge: float = 1e-6):
-  """``f`` at ``x`` for the cost ``|x - y|^2`` from the OT map ``T(x) = A x + c`` between the
-  Gaussians matching the moments of ``(x, a)`` and ``(y, b)``: ``f(x) = |x|^2 - x^T A x - 2
-  c.x`` (``ridge`` is added to both covariances). The same start as ott-jax's
-  ``GaussianInitializer``, for clouds of any sizes."""
-  return _quadratic(x, *_gaussian_map(x, a, y, b, ridge))
 
 
 def _frame(x, a, y, b):
@@ -132,7 +108,7 @@ def _landmark_start(net, params, x, a, y, b, eps, k, key, queries=None):
   log_eps = jnp.log(eps / mean_cost)
   corr = net.apply(params, (xs - centre) / scale, (ys - centre) / scale, log_eps,
                    (queries - centre) / scale)
-  f0 = jax.lax.stop_gradient(_quadratic(queries, *_gaussian_map(x, a, y, b, 1e-6)))
+  f0 = jax.lax.stop_gradient(gaussian_potential(x, a, y, b, 1e-6, at=queries))
   return xs, a_s, ys, b_s, f0 + mean_cost * corr, mean_cost
 
 
