@@ -111,7 +111,8 @@ class MetaOT:
   @functools.cached_property
   def coarse(self):
     """The support's cells (:func:`~neural_ot.meta.starts.coarsen`) for ``base="multiscale"``."""
-    return coarsen_or_none(self.support) if self.base == "multiscale" else None
+    return (coarsen_or_none(self.support, self.epsilon) if self.base == "multiscale"
+            else None)
 
   def _check(self, h, name):
     h = _validation.as_float_array(h, name).astype(jnp.float32)
@@ -345,7 +346,7 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, learning_rate: float =
                      f"{learning_rate!r}.")
   _validation.check_widths("fit_meta", "hidden", hidden)
   n = support.shape[0]
-  coarse = coarsen_or_none(support) if base == "multiscale" else None
+  coarse = coarsen_or_none(support, epsilon) if base == "multiscale" else None
   a0, b0 = _probe_pairs(pairs, n)  # what the fingerprint and the initialisation see
   if batch_size != 2:
     _probe_pairs(pairs, n, batch_size)  # and a training batch

@@ -10,7 +10,8 @@ potential is extended to every support point by two exact c-transforms (coarse `
 Measured (``benchmarks/RESULTS.md``, session 39, eps 0.01): on 16 x 16 and 28 x 28 grids this
 start reaches marginal error 1e-2 in 0-3.5 fine iterations on mixtures, rings, random smooth
 fields and digits (zeros 16-37, the Gaussian start 5-30). On an 8 x 8 grid (eps small against
-the cells' spacing) it is no better than the Gaussian start. Of its candidates (two coarse
+the cells' spacing) it was worse than the Gaussian start, so where the coarse cells are
+farther apart than ``sqrt(3 eps)`` the start is the Gaussian one. Of its candidates (two coarse
 problems and the Gaussian start) it keeps the one with the smallest first marginal error. It is
 what a Meta OT network adds its correction to (``fit_meta(base="multiscale")``, the default).
 """
@@ -28,7 +29,7 @@ from neural_ot.gaussian import gaussian_map
 from neural_ot.geometry import PointCloud, SqEuclidean
 from neural_ot.sinkhorn import Sinkhorn
 
-__all__ = ["Coarsening", "coarsen", "gaussian_init", "gaussian_potential", "multiscale_init"]
+__all__ = ["Coarsening", "coarsen", "coarsen_or_none", "gaussian_init", "gaussian_potential", "multiscale_init"]
 
 
 def _moments(z, w):
@@ -70,11 +71,26 @@ class Coarsening(NamedTuple):
   points: jax.Array
 
 
-def coarsen_or_none(support) -> Coarsening | None:
-  """:func:`coarsen`, or ``None`` for a support too small to coarsen (fewer than
-  ``2^(d+1)`` points): the multiscale start is then the Gaussian start."""
+# Coarse cells at most sqrt(3 eps) apart: on 16 x 16 grids at eps 0.01 (cells 1/8 apart, a
+# squared spacing of 1.6 eps) the multiscale start took 1-4 iterations to 1e-2 against the
+# Gaussian start's 5-32; on the 8 x 8 grid (1/4 apart, 6.25 eps) it took more than the Gaussian
+# start (mixtures 9.5 against 5; digits, Meta OT trained on it: 16.5 against 10).
+_MAX_CELL_COST = 3.0
+
+
+def coarsen_or_none(support, epsilon) -> Coarsening | None:
+  """:func:`coarsen`, or ``None`` where no coarser level helps: a support too small to
+  coarsen (fewer than ``2^(d+1)`` points) or cells farther apart than ``sqrt(3 epsilon)``
+  (their median nearest-neighbour spacing; a coarse problem that cannot resolve the entropic
+  blur). The multiscale start is then the Gaussian start."""
   n, d = np.shape(support)
-  return coarsen(support) if n >= 2 ** (d + 1) else None
+  if n < 2 ** (d + 1):
+    return None
+  coarse = coarsen(support)
+  if len(coarse.points) < 2:
+    return None
+  spacing = _nn_spacing(np.asarray(coarse.points, np.float64))
+  return coarse if spacing ** 2 <= _MAX_CELL_COST * float(epsilon) else None
 
 
 def _nn_spacing(pts: np.ndarray) -> float:
@@ -173,8 +189,9 @@ def multiscale_start(support, coarse: Coarsening, a, b, epsilon, *, tol: float =
 def multiscale_init(support, a, b, epsilon: float, *, tol: float = 1e-2):
   """A Sinkhorn start for histograms on a fixed support, without training: the potential of
   a coarser problem (:func:`coarsen`) solved to ``tol`` and extended to every point, or the
-  Gaussian start (:func:`gaussian_init`) where that has the smaller first marginal error (and
-  on a support of fewer than ``2^(d+1)`` points, which has no coarser level).
+  Gaussian start (:func:`gaussian_init`) where that has the smaller first marginal error, or
+  where no coarser level helps (:func:`coarsen_or_none`: a support of fewer than ``2^(d+1)``
+  points, or cells farther apart than ``sqrt(3 epsilon)``).
 
   Args:
     support: ``(n, d)`` points. a, b: ``(n,)`` histograms or batches ``(k, n)``.
@@ -210,7 +227,7 @@ def multiscale_init(support, a, b, epsilon: float, *, tol: float = 1e-2):
     raise ValueError(f"multiscale_init: `epsilon` must be a number > 0, got {epsilon!r}.")
   if not (isinstance(tol, (int, float, np.floating)) and 0 < tol < np.inf):
     raise ValueError(f"multiscale_init: `tol` must be a number > 0, got {tol!r}.")
-  coarse = coarsen_or_none(support)
+  coarse = coarsen_or_none(support, epsilon)
   if coarse is None:
     f = jax.vmap(gaussian_init, (None, 0, 0))(support, *jnp.atleast_2d(a, b))
     f = f - jnp.sum(f * jnp.atleast_2d(a), -1, keepdims=True)
