@@ -227,16 +227,31 @@ def multiscale_init(support, a, b, epsilon: float, *, tol: float = 1e-2):
     raise ValueError(f"multiscale_init: `epsilon` must be a number > 0, got {epsilon!r}.")
   if not (isinstance(tol, (int, float, np.floating)) and 0 < tol < np.inf):
     raise ValueError(f"multiscale_init: `tol` must be a number > 0, got {tol!r}.")
-  coarse = coarsen_or_none(support, epsilon)
-  if coarse is None:
-    f = jax.vmap(gaussian_init, (None, 0, 0))(support, *jnp.atleast_2d(a, b))
-    f = f - jnp.sum(f * jnp.atleast_2d(a), -1, keepdims=True)
-    return f.reshape(a.shape)
-  return _batched_start(support, coarse, a, b, float(epsilon), float(tol))
+  return _batched_start(support, _cached_coarsening(support, float(epsilon)), a, b,
+                        float(epsilon), float(tol))
+
+
+def _cached_coarsening(support, epsilon):
+  """:func:`coarsen_or_none`, remembered for the last few supports (host-side work that a
+  loop over many pairs on one support would otherwise repeat)."""
+  pts = np.asarray(support)
+  key = (pts.shape, pts.dtype.str, pts.tobytes(), epsilon)
+  if key not in _COARSE_CACHE:
+    if len(_COARSE_CACHE) >= 8:
+      _COARSE_CACHE.pop(next(iter(_COARSE_CACHE)))
+    _COARSE_CACHE[key] = coarsen_or_none(pts, epsilon)
+  return _COARSE_CACHE[key]
+
+
+_COARSE_CACHE: dict = {}
 
 
 def _batched_start_impl(support, coarse, a, b, epsilon, tol):
-  one = lambda a, b: multiscale_start(support, coarse, a, b, epsilon, tol=tol)
+  def one(a, b):
+    if coarse is None:
+      f = gaussian_init(support, a, b)
+      return f - jnp.dot(f, a)
+    return multiscale_start(support, coarse, a, b, epsilon, tol=tol)
   return one(a, b) if a.ndim == 1 else jax.vmap(one)(a, b)
 
 
