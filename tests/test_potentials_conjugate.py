@@ -168,10 +168,12 @@ def test_a_sharded_fit_retries_on_the_whole_batch():
       make(retry_divisor=0)
     with pytest.raises(ValueError, match="`max_linesearch` must be an int >= 0"):
       make(max_linesearch=-1)
-    with pytest.raises(ValueError, match="`tol` must be > 0"):
-      make(tol=0.0)
-  with pytest.raises(ValueError, match="`l1` must be >= 0"):
-    solvers.OWLQNSolver(-0.1)
+    for bad in (0.0, "x", None):
+      with pytest.raises(ValueError, match="`tol` must be a number > 0"):
+        make(tol=bad)
+  for bad in (-0.1, "x"):
+    with pytest.raises(ValueError, match="`l1` must be a number >= 0"):
+      solvers.OWLQNSolver(bad)
 
 
 def test_conjugate_bad_input():

@@ -260,3 +260,5 @@ def test_quad_lr_scale_scales_the_quadratic_terms_step_only(potential):
       np.testing.assert_array_equal(none, 0.0)
   with pytest.raises(ValueError, match="`quad_lr_scale`"):
     W2Trainer(quad_lr_scale=-1.0)
+  with pytest.raises(ValueError, match="`quad_lr_scale`"):
+    W2Trainer(quad_lr_scale="x")

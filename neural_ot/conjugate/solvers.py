@@ -170,15 +170,17 @@ def _check_fields(solver) -> None:
   """The numeric fields the solvers share, each checked by name (a bad value is a clear
   ``ValueError`` at construction, not a division by zero or an empty loop inside a trace)."""
   who = type(solver).__name__
-  if not float(solver.tol) > 0:
-    raise ValueError(f"{who}: `tol` must be > 0, got {solver.tol!r}.")
+  real = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+  if not (real(solver.tol) and solver.tol > 0):
+    raise ValueError(f"{who}: `tol` must be a number > 0, got {solver.tol!r}.")
   for name, least in (("max_iters", 0), ("history", 1), ("max_linesearch", 0),
                       ("retry_divisor", 1)):
     val = getattr(solver, name, least)
     if not (isinstance(val, (int, np.integer)) and not isinstance(val, bool) and val >= least):
       raise ValueError(f"{who}: `{name}` must be an int >= {least}, got {val!r}.")
-  if not float(getattr(solver, "l1", 0.0)) >= 0:
-    raise ValueError(f"{who}: `l1` must be >= 0, got {solver.l1!r}.")
+  l1 = getattr(solver, "l1", 0.0)
+  if not (real(l1) and l1 >= 0):
+    raise ValueError(f"{who}: `l1` must be a number >= 0, got {l1!r}.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -367,7 +367,8 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, learning_rate: float =
   sharding, placement = train.data_parallel(opts.mesh, opts.axis_name, batch_size, "fit_meta")
   state, history = train.run_fit(
       "fit_meta", opts, trainer, state, _PairsSampler(pairs, batch_size, sharding),
-      {"support": support, "coarse": coarse}, k_data, fingerprint=fingerprint, make_result=make_model,
+      {"support": support, "coarse": coarse}, k_data, fingerprint=fingerprint,
+      make_result=make_model,
       show=("dual",), placement=placement, advice="Lower `learning_rate` or raise `epsilon`")
   return make_model(state, [{"step": h["step"], "dual": h["dual"]} for h in history
                             if "dual" in h])

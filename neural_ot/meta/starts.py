@@ -29,7 +29,8 @@ from neural_ot.gaussian import gaussian_map
 from neural_ot.geometry import PointCloud, SqEuclidean
 from neural_ot.sinkhorn import Sinkhorn
 
-__all__ = ["Coarsening", "coarsen", "coarsen_or_none", "gaussian_init", "gaussian_potential", "multiscale_init"]
+__all__ = ["Coarsening", "coarsen", "coarsen_or_none", "gaussian_init", "gaussian_potential",
+           "multiscale_init"]
 
 
 def _moments(z, w):

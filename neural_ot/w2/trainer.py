@@ -173,7 +173,9 @@ class W2Trainer:
     if not 0.0 <= float(self.final_lr_fraction) <= 1.0:
       raise ValueError(f"W2Trainer: `final_lr_fraction` (where the schedule ends, as a fraction "
                        f"of the peak) must be in [0, 1], got {self.final_lr_fraction!r}.")
-    if not 0.0 <= float(self.quad_lr_scale) < float("inf"):
+    q = self.quad_lr_scale
+    if not (isinstance(q, (int, float, np.integer, np.floating)) and not isinstance(q, bool)
+            and 0.0 <= q < float("inf")):
       raise ValueError(f"W2Trainer: `quad_lr_scale` (the quadratic term's share of the rate) "
                        f"must be finite and >= 0, got {self.quad_lr_scale!r}.")
     if not 0.0 <= float(self.weight_decay) < float("inf"):
