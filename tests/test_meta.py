@@ -252,6 +252,8 @@ def test_multiscale_init_bad_input():
     multiscale_init(X, a[0, :10], b[0, :10], EPS)
   with pytest.raises(ValueError, match="`epsilon` must be a number > 0"):
     multiscale_init(X, a, b, 0.0)
+  with pytest.raises(ValueError, match="`epsilon` must be a number > 0"):
+    multiscale_init(X, a, b, True)
   with pytest.raises(ValueError, match="must be histograms"):
     multiscale_init(X, a, 2 * b, EPS)
   with pytest.raises(ValueError, match="`tol` must be"):

@@ -27,7 +27,7 @@ import numpy as np
 from neural_ot import _validation
 from neural_ot.gaussian import gaussian_map
 from neural_ot.geometry import PointCloud, SqEuclidean
-from neural_ot.sinkhorn import Sinkhorn
+from neural_ot.sinkhorn import Sinkhorn, warm
 
 __all__ = ["Coarsening", "coarsen", "coarsen_or_none", "gaussian_init", "gaussian_potential",
            "multiscale_init"]
@@ -179,8 +179,8 @@ def multiscale_start(support, coarse: Coarsening, a, b, epsilon, *, tol: float =
       _extended(support, centre(a, ac), ac, centre(b, bc), bc, b, epsilon, solver),
       gaussian_init(support, a, b)])
 
-  def first_error(f):
-    err = solver.row_error(fine, a, b, f, solver.c_transform(fine, a, f, epsilon), epsilon)[1]
+  def first_error(f):  # the solver's own measure of a start (as for `init_check`)
+    err = warm.first_error(solver, fine, a, b, epsilon, solver.init(fine, a, b, epsilon, f))
     return jnp.where(jnp.isfinite(err) & jnp.all(jnp.isfinite(f)), err, jnp.inf)
 
   f = candidates[jnp.argmin(jax.vmap(first_error)(candidates))]
@@ -224,7 +224,8 @@ def multiscale_init(support, a, b, epsilon: float, *, tol: float = 1e-2):
   if not np.all(np.isfinite(hs)) or np.any(hs < 0) or not np.allclose(hs.sum(-1), 1, atol=1e-3):
     raise ValueError("multiscale_init: `a` and `b` must be histograms (finite, non-negative, "
                      f"each summing to one); got sums {hs.sum(-1)} and minimum {hs.min():.3g}.")
-  if not (isinstance(epsilon, (int, float, np.integer, np.floating)) and 0 < epsilon < np.inf):
+  if not (isinstance(epsilon, (int, float, np.integer, np.floating))
+          and not isinstance(epsilon, bool) and 0 < epsilon < np.inf):
     raise ValueError(f"multiscale_init: `epsilon` must be a number > 0, got {epsilon!r}.")
   if not (isinstance(tol, (int, float, np.floating)) and 0 < tol < np.inf):
     raise ValueError(f"multiscale_init: `tol` must be a number > 0, got {tol!r}.")
