@@ -14,6 +14,7 @@ Run: ``python benchmarks/meta_points.py --dims 2 8 --sizes 1000 4000 --pairs 6``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import neural_ot
-from neural_ot.meta import fit_meta_points, gaussian_potential
+from neural_ot.meta import fit_meta_points, gaussian_potential, multiscale_points_init
 
 from warm_start import MAX_ITERS, TOLS, _iters_to  # the same counting as the other warm starts
 
@@ -97,28 +98,43 @@ def main():
   p.add_argument("--train-size", type=int, default=512)
   p.add_argument("--landmarks", type=int, default=128)
   p.add_argument("--families", nargs="+", default=["mixtures", "boxes", *UNSEEN])
-  p.add_argument("--timing", action="store_true", help="also time each start (median of 3)")
+  p.add_argument("--timing", action="store_true", help="also time each start (median of --reps)")
+  p.add_argument("--reps", type=int, default=3, help="timed solves per pair (after a warm-up)")
+  p.add_argument("--timed-pairs", type=int, default=3, help="pairs timed (the first ones)")
+  p.add_argument("--starts", nargs="+", default=None,
+                 help="starts to run (default all): zeros gaussian multiscale landmarks meta "
+                      "meta-network meta+refine; without meta* / landmarks no model is trained")
   p.add_argument("--json", default=None)
   args = p.parse_args()
   rows = []
   for d in args.dims:
+    wanted = args.starts or ["zeros", "gaussian", "multiscale", "landmarks", "meta",
+                             "meta-network", "meta+refine"]
+    train = any(s.startswith("meta") or s == "landmarks" for s in wanted)
     t0 = time.perf_counter()
     model = fit_meta_points(train_pairs(d, args.train_size, args.train_size + 37),
-                            landmarks=args.landmarks, steps=args.steps, progress=False)
+                            landmarks=args.landmarks, steps=args.steps, progress=False) \
+        if train else None
     train_s = time.perf_counter() - t0
-    untrained = model.__class__(**{**model.__dict__,
-                                   "params": jax.tree.map(jnp.zeros_like, model.params)})
+    if model is not None:
+      untrained = dataclasses.replace(
+          model, params=jax.tree.map(jnp.zeros_like, model.params), multiscale=False)
+      network = dataclasses.replace(model, multiscale=False)
     starts = {
         "zeros": lambda x, y, eps: None,
         "gaussian": lambda x, y, eps: (gaussian_potential(
             x, jnp.full(len(x), 1 / len(x)), y, jnp.full(len(y), 1 / len(y))), None),
+        "multiscale": lambda x, y, eps: multiscale_points_init(x, y, epsilon=eps),
         "landmarks": lambda x, y, eps: untrained.predict(x, y, epsilon=eps, refine_tol=1e-3),
-        "meta": lambda x, y, eps: model.predict(x, y, epsilon=eps, refine_tol=None),
-        "meta+refine": lambda x, y, eps: model.predict(x, y, epsilon=eps, refine_tol=1e-3),
+        "meta": lambda x, y, eps: model.predict(x, y, epsilon=eps),
+        "meta-network": lambda x, y, eps: network.predict(x, y, epsilon=eps, refine_tol=None),
+        "meta+refine": lambda x, y, eps: network.predict(x, y, epsilon=eps, refine_tol=1e-3),
     }
-    print(f"# d={d}: trained {args.steps} steps in {train_s:.0f} s "
-          f"(dual {model.history[-1]['dual'] if model.history else float('nan'):.4f})",
-          flush=True)
+    starts = {s: starts[s] for s in wanted}
+    if model is not None:
+      print(f"# d={d}: trained {args.steps} steps in {train_s:.0f} s "
+            f"(dual {model.history[-1]['dual'] if model.history else float('nan'):.4f})",
+            flush=True)
     for fam in args.families:
       for n in args.sizes:
         res = {s: [] for s in starts}
@@ -135,7 +151,7 @@ def main():
             init = make(x, y, eps)
             out = solve(x, y, eps, init)
             res[s].append(_iters_to(out.errors))
-            if args.timing and i < 3:
+            if args.timing and i < args.timed_pairs:
               for tol in TOLS[1:2]:
                 def run():
                   it = make(x, y, eps)
@@ -144,7 +160,7 @@ def main():
                   return o.f.block_until_ready()
                 run()  # compile
                 ts = []
-                for _ in range(3):
+                for _ in range(args.reps):
                   t = time.perf_counter(); run(); ts.append(time.perf_counter() - t)
                 secs[s].append(float(np.median(ts)))
         z = np.array(res["zeros"])

@@ -39,6 +39,7 @@ from neural_ot import _validation, io, train
 from neural_ot.geometry import PointCloud, SqEuclidean
 from neural_ot.sinkhorn import Sinkhorn, dual_objective
 from neural_ot.meta.model import scheduled_adam
+from neural_ot.meta.pyramid import MIN_POINTS, multiscale_points_start
 from neural_ot.meta.starts import gaussian_potential
 from neural_ot.train import TrainState
 
@@ -126,6 +127,10 @@ class MetaPointsOT:
     dim: the dimension of the points. landmarks: ``k``. width, depth, heads: the network.
     params: flax parameters. history: logged training duals.
     refine_tol: default landmark refinement tolerance of :meth:`predict` (``None``: none).
+    multiscale: start from the multiscale pyramid (:func:`neural_ot.meta.multiscale_points_init`,
+      its coarsest level started by the network) where its cells resolve ``epsilon``; the
+      network's start elsewhere (and always when ``False``). ``refine_tol`` then applies only
+      where the pyramid is not used.
   """
 
   epsilon: tuple
@@ -137,6 +142,7 @@ class MetaPointsOT:
   params: Any
   history: tuple = ()
   refine_tol: float | None = None
+  multiscale: bool = True
 
   @property
   def net(self):
@@ -175,13 +181,15 @@ class MetaPointsOT:
                     f"to {hi:g}); the warm start may be no better than zeros (the solve's "
                     f"first-error check then starts from zeros).", stacklevel=2)
     f = _predict(self.net, self.params, x, a, y, b, jnp.asarray(eps, jnp.float32),
-                 int(self.landmarks), None if tol is None else float(tol))
+                 int(self.landmarks), None if tol is None else float(tol),
+                 bool(self.multiscale))
     return f, None
 
   def save(self, path: str) -> None:
     meta = {"format": _FORMAT, "epsilon": list(self.epsilon), "dim": self.dim,
             "landmarks": self.landmarks, "width": self.width, "depth": self.depth,
-            "heads": self.heads, "history": list(self.history), "refine_tol": self.refine_tol}
+            "heads": self.heads, "history": list(self.history), "refine_tol": self.refine_tol,
+            "multiscale": bool(self.multiscale)}
     io.save_atomic(path, {"meta": json.dumps(meta),
                           "params": jax.tree.map(np.asarray, self.params)})
 
@@ -200,7 +208,7 @@ def _weights(w, n, name, points):
   return w / jnp.sum(w)
 
 
-def _predict_impl(net, params, x, a, y, b, eps, k, refine_tol):
+def _network_start(net, params, x, a, y, b, eps, k, refine_tol):
   key = jax.random.PRNGKey(_PREDICT_KEY)
   if refine_tol is None:  # the network's f at every point of x
     return _landmark_start(net, params, x, a, y, b, eps, k, key, queries=x)[4]
@@ -212,7 +220,19 @@ def _predict_impl(net, params, x, a, y, b, eps, k, refine_tol):
   return Sinkhorn().c_transform(PointCloud.create(ys, x, SqEuclidean()), b_s, g_s, eps)
 
 
-_predict = jax.jit(_predict_impl, static_argnums=(0, 7, 8))
+def _predict_impl(net, params, x, a, y, b, eps, k, refine_tol, multiscale):
+  network = lambda: _network_start(net, params, x, a, y, b, eps, k, refine_tol)  # noqa: E731
+  if not multiscale or min(x.shape[0], y.shape[0]) < MIN_POINTS:
+    return network()
+  key = jax.random.PRNGKey(_PREDICT_KEY)
+
+  def first_f(cx, ac, cy, bc, e):  # the network's f (whole clouds, at `e`) at the coarse cells
+    return _landmark_start(net, params, x, a, y, b, e, k, key, queries=cx)[4]
+
+  return multiscale_points_start(x, a, y, b, eps, first_f=first_f, fallback=network)[0]
+
+
+_predict = jax.jit(_predict_impl, static_argnums=(0, 7, 8, 9))
 
 
 def load_meta_points(path: str) -> MetaPointsOT:
@@ -225,7 +245,7 @@ def load_meta_points(path: str) -> MetaPointsOT:
   return MetaPointsOT(tuple(meta["epsilon"]), int(meta["dim"]), int(meta["landmarks"]),
                       int(meta["width"]), int(meta["depth"]), int(meta["heads"]),
                       jax.tree.map(jnp.asarray, raw["params"]), tuple(meta["history"]),
-                      meta["refine_tol"])
+                      meta["refine_tol"], bool(meta.get("multiscale", False)))
 
 
 @dataclasses.dataclass(frozen=True)
