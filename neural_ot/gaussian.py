@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-__all__ = ["sqrtm_psd", "gaussian_map", "gaussian_w2", "moments"]
+__all__ = ["sqrtm_psd", "gaussian_map", "gaussian_potential", "gaussian_w2", "moments"]
 
 
 def sqrtm_psd(s: ArrayLike, inverse: bool = False, *, shift: float = 0.0,
@@ -66,3 +66,28 @@ def moments(x: ArrayLike):
   m = x.mean(0)
   xc = x - m
   return m, xc.T @ xc / max(x.shape[0] - 1, 1)
+
+
+def _weighted_moments(z, w):
+  m = w @ z
+  zc = z - m
+  return m, (zc * w[:, None]).T @ zc
+
+
+def _gaussian_map(x, a, y, b, ridge):
+  (m1, s1), (m2, s2) = _weighted_moments(x, a), _weighted_moments(y, b)
+  eye = ridge * jnp.eye(x.shape[-1], dtype=x.dtype)
+  return gaussian_map(m1, s1 + eye, m2, s2 + eye)
+
+
+def _quadratic(z, mat, c):
+  return jnp.sum(z * z, -1) - jnp.sum((z @ mat) * z, -1) - 2 * z @ c
+
+
+def gaussian_potential(x, a, y, b, ridge: float = 1e-6, at=None):
+  """``f`` at ``x`` for the cost ``|x - y|^2`` from the OT map ``T(x) = A x + c`` between the
+  Gaussians matching the moments of ``(x, a)`` and ``(y, b)``: ``f(x) = |x|^2 - x^T A x - 2
+  c.x`` (``ridge`` is added to both covariances). The same start as ott-jax's
+  ``GaussianInitializer``, for clouds of any sizes. ``at``: where to evaluate it (default
+  ``x``)."""
+  return _quadratic(x if at is None else at, *_gaussian_map(x, a, y, b, ridge))

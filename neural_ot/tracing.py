@@ -21,7 +21,7 @@ import collections
 
 __all__ = ["traced", "trace_count"]
 
-NAMES = ("sinkhorn", "train_step")  # what the library counts
+NAMES = ("sinkhorn", "train_step", "multiscale_start")  # what the library counts
 _COUNTS: collections.Counter = collections.Counter()
 
 
@@ -33,8 +33,8 @@ def traced(name: str) -> None:
 
 def trace_count(name: str) -> int:
   """How many times ``name`` has been traced in this process: ``"sinkhorn"`` (the solve
-  behind :func:`neural_ot.sinkhorn` and friends) or ``"train_step"`` (one guarded training
-  step of every ``fit_*``)."""
+  behind :func:`neural_ot.sinkhorn` and friends), ``"train_step"`` (one guarded training
+  step of every ``fit_*``) or ``"multiscale_start"`` (:func:`neural_ot.sinkhorn.multiscale_points_init`)."""
   if name not in NAMES:
     raise ValueError(f"trace_count: `name` must be one of {list(NAMES)}, got {name!r}.")
   return _COUNTS[name]

@@ -9,7 +9,7 @@ from neural_ot.meta.model import (MetaOT, c_transform, dual_value, fit_meta, gau
 from neural_ot.meta.starts import coarsen, multiscale_init
 from neural_ot.meta.points import (MetaPointsOT, fit_meta_points, gaussian_potential,
                                    load_meta_points)
-from neural_ot.meta.pyramid import grid_cells, multiscale_points_init
+from neural_ot.sinkhorn.multiscale import grid_cells, multiscale_points_init
 
 __all__ = ["MetaOT", "c_transform", "digits_histograms", "dual_value", "fit_meta",
            "gaussian_init", "gaussian_mixture_histograms", "gaussian_potential", "grid",

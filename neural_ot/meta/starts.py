@@ -25,37 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from neural_ot import _validation
-from neural_ot.gaussian import gaussian_map
+from neural_ot.gaussian import gaussian_potential
 from neural_ot.geometry import PointCloud, SqEuclidean
 from neural_ot.sinkhorn import Sinkhorn, warm
 
 __all__ = ["Coarsening", "coarsen", "coarsen_or_none", "gaussian_init", "gaussian_potential",
            "multiscale_init"]
-
-
-def _moments(z, w):
-  m = w @ z
-  zc = z - m
-  return m, (zc * w[:, None]).T @ zc
-
-
-def _gaussian_map(x, a, y, b, ridge):
-  (m1, s1), (m2, s2) = _moments(x, a), _moments(y, b)
-  eye = ridge * jnp.eye(x.shape[-1], dtype=x.dtype)
-  return gaussian_map(m1, s1 + eye, m2, s2 + eye)
-
-
-def _quadratic(z, mat, c):
-  return jnp.sum(z * z, -1) - jnp.sum((z @ mat) * z, -1) - 2 * z @ c
-
-
-def gaussian_potential(x, a, y, b, ridge: float = 1e-6, at=None):
-  """``f`` at ``x`` for the cost ``|x - y|^2`` from the OT map ``T(x) = A x + c`` between the
-  Gaussians matching the moments of ``(x, a)`` and ``(y, b)``: ``f(x) = |x|^2 - x^T A x - 2
-  c.x`` (``ridge`` is added to both covariances). The same start as ott-jax's
-  ``GaussianInitializer``, for clouds of any sizes. ``at``: where to evaluate it (default
-  ``x``)."""
-  return _quadratic(x if at is None else at, *_gaussian_map(x, a, y, b, ridge))
 
 
 def gaussian_init(x, a, b):

@@ -12,7 +12,8 @@ import pytest
 import neural_ot
 from neural_ot.meta import (MetaPointsOT, gaussian_potential, grid_cells, load_meta_points,
                             multiscale_points_init)
-from neural_ot.meta import pyramid
+from neural_ot.sinkhorn import multiscale as pyramid  # the module of multiscale_points_init
+from neural_ot.tracing import trace_count
 
 
 def test_grid_cells_of_a_regular_grid_are_its_blocks():
@@ -92,7 +93,7 @@ def test_rule_falls_back_to_the_gaussian_start():
   eps = 0.01 * _mean_cost(x, y)
   a, b = jnp.full(300, 1 / 300), jnp.full(260, 1 / 260)
   _, q = pyramid.multiscale_points_start(x, a, y, b, eps)
-  assert float(q) > pyramid._Q_USE * eps
+  assert float(q) > pyramid.MAX_QUANTISATION * eps
   np.testing.assert_allclose(multiscale_points_init(x, y, epsilon=eps)[0],
                              gaussian_potential(x, a, y, b), rtol=1e-5, atol=1e-5)
   x, y = _clouds(jax.random.PRNGKey(3), 63, 500)
@@ -110,10 +111,10 @@ def test_static_shapes_no_retrace_and_vmap():
   b = jnp.full((3, 150), 1 / 150)
   a = a / a.sum(1, keepdims=True)
   multiscale_points_init(xs[0], ys[0], a[0], b[0], epsilon=0.05)
-  size = pyramid._start._cache_size()
+  before = trace_count("multiscale_start")
   one = [multiscale_points_init(xs[i], ys[i], a[i], b[i], epsilon=0.05)[0] for i in range(3)]
-  assert pyramid._start._cache_size() == size
-  batch = jax.jit(jax.vmap(lambda x, a, y, b: pyramid._start_impl(x, a, y, b, 0.05, 1e-3)))(
+  assert trace_count("multiscale_start") == before
+  batch = jax.jit(jax.vmap(lambda x, a, y, b: pyramid.start(x, a, y, b, 0.05)))(
       xs, a, ys, b)
   np.testing.assert_allclose(batch, jnp.stack(one), rtol=1e-4, atol=1e-4 * 0.05)
 
@@ -122,10 +123,9 @@ def test_meta_model_starts_its_pyramid_with_the_network(tmp_path):
   """A `MetaPointsOT` with `multiscale=True` (the default) gives the pyramid's start where the
   cells resolve eps (its coarsest level started by the network), the network's start where they
   do not; save / load keeps the flag; a file without it (older models) loads as False."""
-  from neural_ot.meta.points import _SetNet
-  net = _SetNet(8, 1, 2)
-  z = jnp.zeros((16, 2), jnp.float32)
-  params = net.init(jax.random.PRNGKey(0), z, z, jnp.zeros(()), z)
+  from neural_ot.meta.points import MetaPointsTrainer
+  params = MetaPointsTrainer(2, 16, 8, 1, 2, (0.005, 0.05), 1e-3).init_state(
+      jax.random.PRNGKey(0), 1).params
   model = MetaPointsOT((0.005, 0.05), 2, 16, 8, 1, 2, params)
   x, y = _clouds(jax.random.PRNGKey(0), 900, 1000)
   eps = 0.01 * _mean_cost(x, y)
@@ -163,3 +163,23 @@ def test_bad_input(kwargs, match):
   args.update(kwargs)
   with pytest.raises((ValueError, TypeError), match=match):
     multiscale_points_init(**args)
+
+
+def test_sinkhorn_init_multiscale_by_name():
+  """`neural_ot.sinkhorn(..., init="multiscale")` is the same start (relative epsilon resolved
+  to the absolute one first) and ends at the same solution as from zeros; settings it cannot
+  serve are refused by name."""
+  x, y = _clouds(jax.random.PRNGKey(0), 900, 1000)
+  rel = 0.01
+  eps = rel * _mean_cost(x, y)
+  named = neural_ot.sinkhorn(x, y, epsilon=rel, relative_epsilon=True, init="multiscale")
+  given = neural_ot.sinkhorn(x, y, epsilon=eps, init=multiscale_points_init(x, y, epsilon=eps))
+  cold = neural_ot.sinkhorn(x, y, epsilon=eps)  # all to the default tol, 1e-3
+  assert int(named.n_iters) == int(given.n_iters) < int(cold.n_iters) / 3
+  np.testing.assert_allclose(named.reg_ot_cost, cold.reg_ot_cost, rtol=1e-3)
+  with pytest.raises(ValueError, match="`init` must be None, a pair"):
+    neural_ot.sinkhorn(x, y, epsilon=eps, init="zeros")
+  with pytest.raises(ValueError, match="balanced"):
+    neural_ot.sinkhorn(x, y, epsilon=eps, init="multiscale", rho_a=1.0, rho_b=1.0)
+  with pytest.raises(ValueError, match="cost"):
+    neural_ot.sinkhorn(x, y, epsilon=eps, init="multiscale", cost="euclidean")
