@@ -3,8 +3,8 @@
 Each cloud is binned into axis-aligned grid cells; a cell's mass is the sum of its points'
 weights, sitting at their centre of mass. Levels hold at most ``n / 2``, ``n / 8``, ``n / 32``,
 ... cells (at least 32): the cell width grows by 1.25x until the cloud fits. From the coarsest
-level up, each level is solved to ``tol`` starting from the level below it (its ``f`` extended to
-the new cells by an exact c-transform); the finest level's potential is extended to every point
+level up, each level is solved to ``tol`` starting from the level below it (that level's ``g``
+extended to the new cells by an exact c-transform); the finest level's potential is extended to every point
 of ``x``. A level whose cells are too wide for ``epsilon`` (its quantisation error, the weighted
 mean squared distance of a point to its cell's centre, above ``0.05 epsilon``) is solved at a
 larger regularisation, ``quantisation / 0.05``: a blurrier problem that the cells can resolve
@@ -12,10 +12,12 @@ larger regularisation, ``quantisation / 0.05``: a blurrier problem that the cell
 
 Everything is traceable with static shapes (the number of cells per level depends only on
 ``n`` and ``m``): a second call with new clouds of the same shapes does not retrace; ``vmap``
-runs batches. A level's iteration costs about ``4^-l / 4`` of one on the full clouds.
+runs batches. An iteration on level ``l`` (0 the finest) costs about ``16^-l / 4`` of one on the
+full clouds.
 
-Where it helps, measured (``benchmarks/RESULTS.md``, session 40): in ``d = 2`` its start
-reaches marginal error 1e-3 within 0-8 iterations where zeros take 70-171. Where the points are
+Where it helps, measured (``benchmarks/RESULTS.md``, session 40, eps = 0.01 x mean cost): in
+``d = 2`` its start reaches marginal error 1e-3 within 0-9 iterations where zeros take 40-241
+(1,000 to 20,000 points; 2.2-12x less wall-clock, the start included). Where the points are
 farther apart than ``sqrt(epsilon)`` (high dimension at small ``epsilon``: no cell can hold two
 points without blurring the problem), the finest level's quantisation error is large and
 :func:`multiscale_points_init` returns the Gaussian start instead.
