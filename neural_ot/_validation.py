@@ -100,6 +100,23 @@ def check_weights(w, n: int, name: str, points_name: str, balanced: bool, dtype,
   return w.astype(dtype)
 
 
+def cloud_weights(w, n: int, name: str, points: str, caller: str):
+  """Weights of a point cloud for a start or a prediction (host-side, concrete): uniform when
+  ``None``; else ``(n,)``, finite, non-negative, positive mass; returned normalised (float32).
+  Errors start with ``caller``."""
+  if w is None:
+    return jnp.full((n,), 1.0 / n, jnp.float32)
+  w = as_float_array(w, name, ndim=1).astype(jnp.float32)
+  if w.shape[0] != n:
+    raise ValueError(f"{caller}: `{name}` must have one weight per point of `{points}` ({n}), "
+                     f"got shape {tuple(w.shape)}.")
+  wn = np.asarray(w)
+  if not np.all(np.isfinite(wn)) or np.any(wn < 0) or not wn.sum() > 0:
+    raise ValueError(f"{caller}: `{name}` must be finite, non-negative, with positive total "
+                     f"mass.")
+  return w / jnp.sum(w)
+
+
 def _real_scalar_type(value, name: str):
   """A ``TypeError`` naming ``name`` unless ``value`` is a real number or real array."""
   if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):

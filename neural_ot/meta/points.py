@@ -134,8 +134,9 @@ class MetaPointsOT:
     params: flax parameters. history: logged training duals.
     refine_tol: default landmark refinement tolerance of :meth:`predict` (``None``: none).
     multiscale: start from the multiscale pyramid (:func:`neural_ot.meta.multiscale_points_init`,
-      its coarsest level started by the network) where its cells resolve ``epsilon``; the
-      network's start elsewhere (and always when ``False``). ``refine_tol`` then applies only
+      its coarsest level started by the network) where its cells resolve ``epsilon`` and its
+      first marginal error is the smaller; the network's start elsewhere (and always when
+      ``False``). ``refine_tol`` then applies only
       where the pyramid is not used.
   """
 
@@ -171,8 +172,8 @@ class MetaPointsOT:
         raise ValueError(f"MetaPointsOT.predict: `{name}` must have dimension {self.dim} (the "
                          f"model's), got shape {tuple(z.shape)}.")
       _validation.check_finite(z, name)
-    a = _weights(a, x.shape[0], "a", "x")
-    b = _weights(b, y.shape[0], "b", "y")
+    a = _validation.cloud_weights(a, x.shape[0], "a", "x", "MetaPointsOT.predict")
+    b = _validation.cloud_weights(b, y.shape[0], "b", "y", "MetaPointsOT.predict")
     eps = _validation.check_epsilon(epsilon)
     tol = self.refine_tol if isinstance(refine_tol, str) and refine_tol == "default" \
         else refine_tol
@@ -198,20 +199,6 @@ class MetaPointsOT:
             "multiscale": bool(self.multiscale)}
     io.save_atomic(path, {"meta": json.dumps(meta),
                           "params": jax.tree.map(np.asarray, self.params)})
-
-
-def _weights(w, n, name, points):
-  if w is None:
-    return jnp.full((n,), 1.0 / n, jnp.float32)
-  w = _validation.as_float_array(w, name, ndim=1).astype(jnp.float32)
-  if w.shape[0] != n:
-    raise ValueError(f"MetaPointsOT.predict: `{name}` must have one weight per point of "
-                     f"`{points}` ({n}), got shape {tuple(w.shape)}.")
-  wn = np.asarray(w)
-  if not np.all(np.isfinite(wn)) or np.any(wn < 0) or not wn.sum() > 0:
-    raise ValueError(f"MetaPointsOT.predict: `{name}` must be finite, non-negative, with "
-                     f"positive total mass.")
-  return w / jnp.sum(w)
 
 
 def _network_start(net, params, x, a, y, b, eps, k, refine_tol):
