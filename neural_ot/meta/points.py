@@ -386,9 +386,9 @@ def fit_meta_points(pairs: Callable, epsilon=(0.005, 0.05), *, landmarks: int = 
   0.01 x mean cost on 1,000 and 4,000 points of mixtures, rings and a curved 1-D family, needs
   1.0-1.4x fewer iterations than zeros to 1e-3 and is mostly no better than
   :func:`gaussian_potential` alone. What gains is the multiscale pyramid the model starts
-  (``multiscale=True``, session 40): in d = 2, 0-9 iterations to 1e-3 where zeros take 40-241,
-  and 2-12x less wall-clock including the prediction; in d >= 4 at this eps the cells cannot
-  resolve the problem and the start is the network's. The pyramid needs no training:
+  (``multiscale=True``, session 40): in d = 2, 0-11 iterations to 1e-3 where zeros take 40-241,
+  and 1.7-12x less wall-clock including the prediction; in d >= 4 at this eps the cells mostly
+  cannot resolve the problem and the start is the network's. The pyramid needs no training:
   :func:`neural_ot.meta.multiscale_points_init`.
 
   Args:

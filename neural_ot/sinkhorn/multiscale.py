@@ -16,8 +16,8 @@ runs batches. An iteration on level ``l`` (0 the finest) costs about ``16^-l / 4
 full clouds.
 
 Where it helps, measured (``benchmarks/RESULTS.md``, session 40, eps = 0.01 x mean cost): in
-``d = 2`` its start reaches marginal error 1e-3 within 0-9 iterations where zeros take 40-241
-(1,000 to 20,000 points; 2.2-12x less wall-clock, the start included). Where the points are
+``d = 2`` its start reaches marginal error 1e-3 within 0-11 iterations where zeros take 40-241
+(1,000 to 20,000 points; 1.7-12x less wall-clock, the start included). Where the points are
 farther apart than ``sqrt(epsilon)`` (high dimension at small ``epsilon``: no cell can hold two
 points without blurring the problem), the finest level's quantisation error is large and
 :func:`multiscale_points_init` returns the Gaussian start instead; where both are computed, the
