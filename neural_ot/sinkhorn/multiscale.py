@@ -265,7 +265,7 @@ def resolve_init(init, solver: Sinkhorn, x, y, a, b, epsilon):
   a = jnp.full((x.shape[0],), 1.0 / x.shape[0], x.dtype) if a is None else jnp.asarray(a, x.dtype)
   b = jnp.full((y.shape[0],), 1.0 / y.shape[0], y.dtype) if b is None else jnp.asarray(b, y.dtype)
   a, b = a / jnp.sum(a), b / jnp.sum(b)
-  eps = jnp.asarray(epsilon, x.dtype)
-  if solver.relative_epsilon:  # the weighted mean cost, from the moments
-    eps = eps * (a @ jnp.sum(x * x, 1) + b @ jnp.sum(y * y, 1) - 2 * (a @ x) @ (b @ y))
+  # The solver's own resolution of a relative epsilon (online: the mean cost from the moments).
+  eps = solver.absolute_epsilon(PointCloud.create(x, y, SqEuclidean(), online=True), a, b,
+                                jnp.asarray(epsilon, x.dtype))
   return _start(x, a, y, b, eps, max(float(solver.tol), 1e-3)), None
