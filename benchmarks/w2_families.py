@@ -42,10 +42,14 @@ def main():
       r = run_method(pair, "regression", seconds=args.seconds, steps=args.steps, eval_every=0,
                      seed=args.seed, **opts)
       mp, f = r["map"], r["final"]
+      # the inverse with the fixed 30-step solve that sessions before 41 reported
+      inv30 = evaluate(pair, None, lambda y: mp.inverse(y, finetune_iters=30, tol=1e-4),
+                       seed=args.seed + 1)["uvp_inv"]
       d = mp.diagnostics
       row = dict(family=name, dim=dim, seconds=args.seconds, steps=r["steps"],
                  opts={k: repr(v) for k, v in opts.items()}, potential=mp.trainer.potential,
                  fwd=round(f["uvp_fwd"], 4), inv=round(f["uvp_inv"], 4),
+                 inv_30=round(inv30, 4),
                  gauss_fwd=round(gauss["uvp_fwd"], 4), gauss_inv=round(gauss["uvp_inv"], 4),
                  step_ms=round(r["step_ms"], 2), wall=round(time.time() - t0, 1),
                  stalled=d.stalled, returned_start=d.returned_start, dual_start=d.dual_start,

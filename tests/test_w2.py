@@ -119,6 +119,33 @@ def test_amortized_predictor_learns_the_argmax(amortization):
   assert float(iters.mean()) < float(res_cold.n_iters.mean())
 
 
+@pytest.mark.filterwarnings("ignore:fit_w2. the held-out dual")  # 60 steps: may stay at the start
+def test_default_inverse_is_the_training_solve_for_the_mlp_and_converged_for_the_icnn():
+  # The non-convex MLP's inverse defaults to the conjugate solve its dual was trained with (a
+  # longer one finds maxima of <x, y> - f(x) that training never corrected; measured in
+  # RESULTS.md, session 41); the convex ICNN's to a converged solve.
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (3000, 3)))
+  t = lambda u: u + 0.5 * np.tanh(2 * u) + np.array([0.5, 0.0, -0.5])  # a monotone, non-affine map
+  src, tgt = x[:2000], t(x[1000:])
+  y = tgt[:300]
+  mlp = neural_ot.fit_w2(src, tgt, steps=60, potential="mlp", standardize=False, init="identity",
+                         **SMALL)
+  _, x_t, iters, _ = mlp.trainer.finetuned_argmax(mlp.params, jnp.asarray(y))
+  assert 1 < float(iters.mean()) and int(iters.max()) <= mlp.trainer.finetune_iters
+  np.testing.assert_allclose(mlp.inverse(y), x_t, atol=1e-5)
+  longer = mlp.inverse(y, finetune_iters=100, tol=1e-6)
+  np.testing.assert_allclose(mlp.transport(longer), y, atol=1e-4)  # explicit settings still apply
+  icnn = neural_ot.fit_w2(src, tgt, steps=60, potential="icnn", standardize=False,
+                          init="identity", **SMALL)
+  x, n = icnn.inverse(y, return_iters=True)
+  np.testing.assert_allclose(icnn.transport(x), y, atol=1e-4)
+  assert int(n.max()) <= 50
+  with pytest.raises(ValueError, match="finetune_iters"):
+    mlp.inverse(y, finetune_iters=2.5)
+  with pytest.raises(ValueError, match="`tol` must be None or a number > 0, got -1"):
+    mlp.to_ott(tol=-1.0)
+
+
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (600, 2)))
   y = 1.5 * x[::-1] + 0.3
