@@ -104,6 +104,11 @@ def test_label_base_is_each_conditions_gaussian_map():
     assert _rms(mp.transport(x[:500], lab), want) < 0.02 * np.sqrt(np.trace(covs[lab]))
     back = mp.inverse(want, lab)
     assert _rms(back, x[:500]) < 0.02 * np.sqrt(2 * 1.0 + 4.0)
+  # The inverse's solve settings are checked and named (the default: the ICNN's converged solve).
+  with pytest.raises(ValueError, match="ConditionalW2Map.inverse: `finetune_iters`.*2.5"):
+    mp.inverse(want, lab, finetune_iters=2.5)
+  with pytest.raises(ValueError, match="`tol` must be None or a number > 0, got 0"):
+    mp.inverse(want, lab, tol=0)
 
 
 def test_vector_contexts_interpolate_a_closed_form_family_zero_shot():

@@ -14,7 +14,7 @@ import numpy as np
 from neural_ot import _validation, gaussian, io
 from neural_ot.potentials.conditional import FixedContext
 from neural_ot.w2.fit import fit_w2
-from neural_ot.w2.maps import Frame, W2Map
+from neural_ot.w2.maps import Frame, W2Map, inverse_settings
 from neural_ot.w2.trainer import W2Trainer, as_config
 
 __all__ = ["ConditionalW2Map", "Contexts", "load_conditional_map", "pair_features"]
@@ -236,13 +236,17 @@ class ConditionalW2Map:
            + x2 @ fr.my)
     return out if arr.ndim == 2 else out[0]
 
-  def inverse(self, y, c, finetune_iters: int = 50, tol: float = 1e-5) -> jax.Array:
+  def inverse(self, y, c, finetune_iters: int | None = None,
+              tol: float | None = None) -> jax.Array:
     """Inverse map ``grad f*(y; c)``: the predicted argmax refined by up to ``finetune_iters``
-    batched solver steps (each row with its own context)."""
+    batched solver steps (each row with its own context); ``None`` takes
+    :func:`neural_ot.w2.maps.inverse_settings` (the conditional potential is an ICNN: 50 steps
+    to 1e-5)."""
+    finetune_iters, tol = inverse_settings(self.trainer, finetune_iters, tol,
+                                           "ConditionalW2Map.inverse")
     arr, y2, feats = self._inputs(y, c, "y")
     fr = self.frame.astype(self.dtype)
-    x, _ = _inverse(self.trainer, self.params, fr.to_target(y2), feats, int(finetune_iters),
-                    float(tol))
+    x, _ = _inverse(self.trainer, self.params, fr.to_target(y2), feats, finetune_iters, tol)
     x = fr.from_source(x)
     return x if arr.ndim == 2 else x[0]
 

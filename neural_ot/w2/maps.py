@@ -15,7 +15,7 @@ from neural_ot import _validation, io
 from neural_ot.w2.diagnostics import FitDiagnostics
 from neural_ot.w2.trainer import W2Trainer, as_config
 
-__all__ = ["W2Map", "Frame", "load_w2_map"]
+__all__ = ["W2Map", "Frame", "load_w2_map", "inverse_settings"]
 
 
 class Frame(NamedTuple):
@@ -106,8 +106,7 @@ def inverse_settings(trainer, finetune_iters=None, tol=None, who="W2Map.inverse"
                   else ICNN_INVERSE)
   finetune_iters = steps0 if finetune_iters is None else finetune_iters
   tol = tol0 if tol is None else tol
-  if not (isinstance(finetune_iters, (int, np.integer)) and not isinstance(finetune_iters, bool)
-          and finetune_iters >= 0):
+  if not (_validation.is_int(finetune_iters) and finetune_iters >= 0):
     raise ValueError(f"{who}: `finetune_iters` must be None or an int >= 0, got "
                      f"{finetune_iters!r}.")
   if not (_validation.is_real(tol) and tol > 0):
