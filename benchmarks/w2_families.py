@@ -56,7 +56,11 @@ def main():
                  dual_end=d.dual_end,
                  inactive=round(d.inactive_share, 3),
                  choice=None if d.choice is None else {
-                     k: round(v["dual"], 5) for k, v in d.choice["candidates"].items()})
+                     k: round(v["dual"], 5) for k, v in d.choice["candidates"].items()},
+                 conj_residual=None if d.choice is None else {
+                     k: round(v.get("conj_residual", float("nan")), 5)
+                     for k, v in d.choice["candidates"].items()},
+                 finetune_iters=mp.trainer.finetune_iters)
       line = json.dumps(row)
       print(line, flush=True)
       if args.out:

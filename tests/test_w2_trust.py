@@ -11,7 +11,7 @@ import pytest
 
 import neural_ot
 from neural_ot import gaussian
-from neural_ot.w2 import W2Trainer, diagnostics
+from neural_ot.w2 import W2Trainer, diagnostics, race
 from neural_ot.w2bench import families
 from neural_ot.w2bench.families import FAMILIES, family_pair
 from neural_ot.w2bench.metrics import baselines, evaluate
@@ -189,6 +189,38 @@ def test_auto_races_both_potentials_and_keeps_the_lower_heldout_dual(tmp_path):
   assert short.diagnostics.choice is None
   with pytest.raises(ValueError, match="`potential` must be 'auto', 'icnn' or 'mlp'"):
     neural_ot.fit_w2(*args, steps=5, potential="resnet", **SMALL)
+
+
+def test_race_gives_an_unsolved_conjugate_longer_solves_and_resumes_with_them(tmp_path,
+                                                                             monkeypatch):
+  """A winner whose race solves ended unsolved goes on with twice the conjugate steps; the
+  choice is recorded, and a run resumed after the race (no main checkpoint yet) continues from
+  the winner's race state under the longer solve (its checkpoint re-tagged, not refused)."""
+  hist = [{"step": 100, "conj_grad_norm": 0.4}, {"step": 200, "conj_grad_norm": 2.0},
+          {"step": 300, "conj_grad_norm": 1.0}, {"step": 300, "uvp_fwd": 1.0}]
+  assert race.conjugate_residual(hist, 4) == pytest.approx(0.5)
+  assert np.isnan(race.conjugate_residual(hist[-1:], 4))
+  mlp, icnn = W2Trainer(potential="mlp"), W2Trainer(potential="icnn")
+  assert race.unsolved(mlp, 0.5, 32) and not race.unsolved(mlp, 0.01, 32)
+  assert not race.unsolved(mlp, 0.5, 16) and not race.unsolved(icnn, 0.5, 32)
+  assert not race.unsolved(mlp, float("nan"), 32)
+  monkeypatch.setattr(race, "unsolved", lambda trainer, residual, dim: bool(np.isfinite(residual)))
+  monkeypatch.setattr(race, "MIN_STEPS", 100)  # a short race: 40 steps a candidate
+  pair = family_pair("lse-box", 2)
+  args = (pair.sample_source, pair.sample_target)
+  kw = dict(steps=400, batch_size=64, log_every=20, checkpoint_dir=str(tmp_path),
+            finetune_iters=4, **SMALL)
+  mp = neural_ot.fit_w2(*args, **kw)
+  choice = mp.diagnostics.choice
+  assert all(np.isfinite(c["conj_residual"]) for c in choice["candidates"].values())
+  assert choice["finetune_iters"] == 8 and mp.trainer.finetune_iters == 8
+  assert int(mp.history[-1]["step"]) == 400
+  os.remove(os.path.join(tmp_path, "checkpoint.msgpack"))
+  again = neural_ot.fit_w2(*args, **kw)  # no race again: from the winner's race state
+  assert again.diagnostics.choice == choice and again.trainer.finetune_iters == 8
+  logs = lambda m: [h for h in m.history if "conj_iters" in h]
+  assert logs(again)[0] == logs(mp)[0]  # the race's own log (4-step solves), not a fresh start
+  assert int(logs(again)[-1]["step"]) == 400
 
 
 def test_diagnostics_survive_save_and_load(tmp_path):

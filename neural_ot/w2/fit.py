@@ -231,6 +231,11 @@ def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None =
   train for a tenth of the run from the same Gaussian start, and the one with the lower
   held-out dual objective (no known map needed) goes on; a shorter run or a fine-tune takes
   the dimension's rule of :func:`default_options`. ``potential="mlp"`` or ``"icnn"`` fixes it.
+  The race also reads how well the winner's conjugate was solved: above 16 dimensions an MLP
+  whose solves ended far from converged (:func:`neural_ot.w2.race.unsolved`; on the tune
+  families, log-sum-exp potentials, whose maps are nearly piecewise constant) goes on with
+  twice the solver steps (``choice["finetune_iters"]``; the map's inverse then defaults to that
+  solve too).
 
   At the end the map carries :class:`~neural_ot.w2.diagnostics.FitDiagnostics`
   (``map.diagnostics``): the held-out dual of the Gaussian start and of the map, the share of
@@ -424,7 +429,8 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
         opts.resume, opts.progress)
     left = None if max_seconds is None else max(max_seconds - (time.perf_counter() - t0), 1e-3)
     if opts.checkpoint_dir and opts.resume and not os.path.isfile(ckpt(_CKPT)):
-      race.copy_checkpoint(ckpt(f"race-{choice['chosen']}.msgpack"), ckpt(_CKPT))
+      race.copy_checkpoint(ckpt(f"race-{choice['chosen']}.msgpack"), ckpt(_CKPT),
+                           fingerprint(trainer))
   else:
     trainer = next(iter(trainers.values()))
     state, left = start(trainer), max_seconds

@@ -8,6 +8,11 @@ seconds) from the same Gaussian start, and the one with the lowest held-out dual
 whose network is cut off by inactive units is passed over; a cut-off plain MLP is restarted
 once with leaky units (:data:`RECOVERY`). The result is recorded in ``race.json`` beside the
 checkpoints, so a resumed run does not race again.
+
+The race also measures how well the winner's conjugate was solved: where the MLP's solves end
+far from converged above 16 dimensions (:func:`unsolved`), the rest of the run gives them
+:data:`HARD_SOLVE_FACTOR` times the steps (and the map's inverse, which defaults to the
+training solve, does too).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from neural_ot import io
 from neural_ot.w2 import diagnostics
 
-__all__ = ["CANDIDATES", "RECOVERY", "RECOVERY_LEAK", "SHARE", "worthwhile", "race",
-           "fall_back", "copy_checkpoint"]
+__all__ = ["CANDIDATES", "RECOVERY", "RECOVERY_LEAK", "SHARE", "HARD_SOLVE_RESIDUAL",
+           "HARD_SOLVE_FACTOR", "HARD_SOLVE_MIN_DIM", "worthwhile", "conjugate_residual",
+           "unsolved", "race", "fall_back", "copy_checkpoint"]
 
 CANDIDATES = ("mlp", "icnn")
 # The restart of an MLP whose network was cut off in the race (the stall of issue 27: its last
@@ -39,6 +46,18 @@ SHARE = 0.1
 # A race needs a run long enough for its tenth to say something (measured: the held-out dual
 # ordered the two potentials as their final L2-UVP did after 300 steps at D = 16).
 MIN_STEPS, MIN_SECONDS = 2000, 60.0
+# The conjugate's residual above which the MLP's solve counts as unsolved (RMS per coordinate
+# of the batch's largest |grad f(x) - y| after the solve; data standardised, tol 1e-3). Tune
+# half of `w2bench.families`, MLP race runs: lse-box 0.15-1.0 at D = 64 (its solves never
+# converged: 10 of 10 steps, forward L2-UVP 20.6 % in 300 s; 20 steps: 15.4 %, inverse 30.6 ->
+# 9.4 %), ridges-gmm 0.002-0.004, softplus2-gmm 0.004-0.009, icnn-student 0.001, radial-subspace
+# 0.0001 (converged in 5-7 steps). benchmarks/RESULTS.md, session 42.
+HARD_SOLVE_RESIDUAL = 0.03
+HARD_SOLVE_FACTOR = 2
+# At D = 16 the longer solves cost steps for nothing (lse-box, 300 s: forward / inverse 0.102 /
+# 0.968 % with 10 steps, 0.150 / 0.983 % with 20); at D = 32 they halved the forward error
+# (9.92 / 15.4 -> 4.93 / 3.74 %).
+HARD_SOLVE_MIN_DIM = 16
 
 
 def worthwhile(steps, max_seconds) -> bool:
@@ -46,6 +65,21 @@ def worthwhile(steps, max_seconds) -> bool:
   if steps is not None and steps < MIN_STEPS:
     return False
   return max_seconds is None or max_seconds >= MIN_SECONDS
+
+
+def conjugate_residual(history, dim: int) -> float:
+  """The median over ``history``'s logged steps of the conjugate's largest residual
+  ``|grad f(x) - y|`` after the solve, per coordinate (``/ sqrt(dim)``); NaN when none."""
+  vals = [float(h["conj_grad_norm"]) for h in history if "conj_grad_norm" in h]
+  return float(np.median(vals)) / np.sqrt(dim) if vals else float("nan")
+
+
+def unsolved(trainer, residual: float, dim: int) -> bool:
+  """Whether a race candidate's conjugate solves ended unsolved and the rest of the run should
+  get longer ones: the non-convex MLP of a W2 fit (the only case this was measured on) above
+  :data:`HARD_SOLVE_MIN_DIM` dimensions with a residual above :data:`HARD_SOLVE_RESIDUAL`."""
+  return (trainer.potential == "mlp" and trainer.cost is None and dim > HARD_SOLVE_MIN_DIM
+          and bool(residual > HARD_SOLVE_RESIDUAL))
 
 
 def _record_key(trainers, fingerprint) -> str:
@@ -89,21 +123,28 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
       share, per = diagnostics.inactive_units(trainer, state.params["f"], x_held)
       results[name] = {"dual": float(jnp.mean(fx) + jnp.mean(fcy)), "inactive_share": share,
                        "cut_off": diagnostics.cut_off(share, per) and not trainer.leak,
-                       "steps": int(state.step)}
+                       "steps": int(state.step),
+                       "conj_residual": conjugate_residual(hist, x_held.shape[1])}
       states[name] = (state, hist)
     live = [n for n in results if not results[n]["cut_off"]]
     best = min(live or list(results), key=lambda n: results[n]["dual"])
     done = {"candidates": results, "chosen": best}
+    if unsolved(trainers[best], results[best]["conj_residual"], x_held.shape[1]):
+      done["finetune_iters"] = HARD_SOLVE_FACTOR * trainers[best].finetune_iters
     if record:
       io.write_json_atomic(record, {"fingerprint": key, "choice": done})
   best = done["chosen"]
   trainer = trainers[best]
+  if done.get("finetune_iters"):  # the winner's solves were unsolved: longer ones from here
+    trainer = dataclasses.replace(trainer, finetune_iters=int(done["finetune_iters"]))
   # Resumed: the winner's race checkpoint (or the main one) carries its state.
   state, hist = states.get(best, (start(trainer), []))
   if progress:
     figures = ", ".join(f"{n} {r['dual']:.6g}" for n, r in done["candidates"].items())
+    longer = (f" (its conjugate unsolved: {trainer.finetune_iters} solver steps from here)"
+              if done.get("finetune_iters") else "")
     sys.stderr.write(f"[fit_w2] potential='auto': held-out dual after the race: {figures}; "
-                     f"continuing with {best!r}\n")
+                     f"continuing with {best!r}{longer}\n")
   return trainer, state, hist, done, states
 
 
@@ -121,11 +162,17 @@ def fall_back(choice: dict, states: dict, dual_end: float):
                 "fallback_dual": dual_end}
 
 
-def copy_checkpoint(src, dst):
-  """Copy the file ``src`` to ``dst`` atomically, when ``src`` exists."""
+def copy_checkpoint(src, dst, fingerprint: str | None = None):
+  """Copy the checkpoint ``src`` to ``dst`` atomically, when ``src`` exists; with
+  ``fingerprint``, the copy carries it (the winner goes on with longer conjugate solves: the
+  same parameters, another trainer)."""
   if src and os.path.isfile(src) and jax.process_index() == 0:
-    with open(src, "rb") as fh:
-      io.write_bytes_atomic(dst, fh.read())
+    if fingerprint is None:
+      with open(src, "rb") as fh:
+        io.write_bytes_atomic(dst, fh.read())
+    else:
+      raw = io.load(src, expect=io.CHECKPOINT_FORMAT, what="checkpoint")
+      io.save_atomic(dst, {**raw, "fingerprint": fingerprint})
   if jax.process_count() > 1:  # every process continues once the copy is there
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"neural_ot copy_checkpoint {dst}")
