@@ -204,6 +204,12 @@ def test_race_gives_an_unsolved_conjugate_longer_solves_and_resumes_with_them(tm
   assert race.unsolved(mlp, 0.5, 32) and not race.unsolved(mlp, 0.01, 32)
   assert not race.unsolved(mlp, 0.5, 16) and not race.unsolved(icnn, 0.5, 32)
   assert not race.unsolved(mlp, float("nan"), 32)
+  # a fall-back to the other candidate keeps that candidate's own solve, and the choice says so
+  won = {"candidates": {"mlp": {"dual": 1.0, "cut_off": False},
+                        "icnn": {"dual": 2.0, "cut_off": False}},
+         "chosen": "mlp", "finetune_iters": 20}
+  name, back = race.fall_back(won, {"icnn": None}, 3.0)
+  assert name == "icnn" and back["chosen"] == "icnn" and "finetune_iters" not in back
   monkeypatch.setattr(race, "unsolved", lambda trainer, residual, dim: bool(np.isfinite(residual)))
   monkeypatch.setattr(race, "MIN_STEPS", 100)  # a short race: 40 steps a candidate
   pair = family_pair("lse-box", 2)

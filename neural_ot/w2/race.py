@@ -158,7 +158,9 @@ def fall_back(choice: dict, states: dict, dual_end: float):
   if not others:
     return None
   name = min(others, key=lambda n: others[n]["dual"])
-  return name, {**choice, "chosen": name, "fallback_from": choice["chosen"],
+  # the longer solve was the winner's; the candidate returned keeps its own
+  kept = {k: v for k, v in choice.items() if k != "finetune_iters"}
+  return name, {**kept, "chosen": name, "fallback_from": choice["chosen"],
                 "fallback_dual": dual_end}
 
 
