@@ -164,17 +164,13 @@ def fall_back(choice: dict, states: dict, dual_end: float):
                 "fallback_dual": dual_end}
 
 
-def copy_checkpoint(src, dst, fingerprint: str | None = None):
-  """Copy the checkpoint ``src`` to ``dst`` atomically, when ``src`` exists; with
-  ``fingerprint``, the copy carries it (the winner goes on with longer conjugate solves: the
-  same parameters, another trainer)."""
+def copy_checkpoint(src, dst, fingerprint: str):
+  """Copy the checkpoint ``src`` to ``dst`` atomically, when ``src`` exists, tagged with
+  ``fingerprint`` (the winner may go on with longer conjugate solves: the same parameters,
+  another trainer, so the copy must carry the trainer that resumes it)."""
   if src and os.path.isfile(src) and jax.process_index() == 0:
-    if fingerprint is None:
-      with open(src, "rb") as fh:
-        io.write_bytes_atomic(dst, fh.read())
-    else:
-      raw = io.load(src, expect=io.CHECKPOINT_FORMAT, what="checkpoint")
-      io.save_atomic(dst, {**raw, "fingerprint": fingerprint})
+    raw = io.load(src, expect=io.CHECKPOINT_FORMAT, what="checkpoint")
+    io.save_atomic(dst, {**raw, "fingerprint": fingerprint})
   if jax.process_count() > 1:  # every process continues once the copy is there
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"neural_ot copy_checkpoint {dst}")
