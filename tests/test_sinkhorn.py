@@ -233,6 +233,42 @@ def test_adaptive_momentum_at_small_epsilon_and_from_warm_starts():
   np.testing.assert_allclose(warm.reg_ot_cost, cold.reg_ot_cost, rtol=1e-3)
 
 
+def test_adaptive_momentum_measures_the_slow_rate_through_a_warm_starts_transient():
+  # Plain Sinkhorn's error as a warm start sees it: a fast mode (0.6 an iteration) on top of
+  # the slow one (0.97). Over the whole 10-iteration span before the switch the decay looks
+  # faster than the slow mode's; over its last 5 iterations it is close to 0.97, and omega is
+  # set from that slower rate (the span alone gave omega ~1.4 here; the optimum is ~1.70).
+  solver = neural_ot.Sinkhorn(tol=1e-9)
+  fast, slow = 0.6, 0.97
+  errs = [0.5 * fast ** k + 2e-3 * slow ** k for k in range(21)]
+  dt = jnp.float32
+  omega, lam, err_ref, err_span, warmup = (jnp.array(1.0, dt), jnp.array(0.0, dt),
+                                           jnp.array(jnp.inf, dt), jnp.array(jnp.inf, dt),
+                                           jnp.array(20, jnp.int32))
+  eps = jnp.array(0.1, dt)
+  for k, e in enumerate(errs):
+    omega, lam, err_ref, err_span, warmup = solver._adapt_omega(
+        jnp.array(k, jnp.int32), jnp.array(e, dt), omega, lam, err_ref, err_span, warmup, eps,
+        eps)
+  span_rate = (errs[20] / errs[10]) ** 0.1
+  half_rate = (errs[20] / errs[15]) ** 0.2
+  assert span_rate < half_rate < slow
+  np.testing.assert_allclose(lam, half_rate, rtol=1e-5)
+  np.testing.assert_allclose(omega, 2 / (1 + np.sqrt(1 - half_rate)), rtol=1e-5)
+  assert float(omega) > 2 / (1 + np.sqrt(1 - span_rate)) + 0.1
+  # A plain geometric decay (the zeros start, once its transient is gone) gives the same
+  # rate either way.
+  errs = [0.3 * slow ** k for k in range(21)]
+  omega, lam, err_ref, err_span, warmup = (jnp.array(1.0, dt), jnp.array(0.0, dt),
+                                           jnp.array(jnp.inf, dt), jnp.array(jnp.inf, dt),
+                                           jnp.array(20, jnp.int32))
+  for k, e in enumerate(errs):
+    omega, lam, err_ref, err_span, warmup = solver._adapt_omega(
+        jnp.array(k, jnp.int32), jnp.array(e, dt), omega, lam, err_ref, err_span, warmup, eps,
+        eps)
+  np.testing.assert_allclose(lam, slow, rtol=1e-5)
+
+
 def test_relative_epsilon():
   x, y, a, b = _problem()
   mean_cost = float(a @ neural_ot.SqEuclidean().pairwise(x, y) @ b)
@@ -432,7 +468,7 @@ def test_a_warm_start_worse_than_zeros_is_replaced_by_zeros():
   y = jax.random.normal(k[1], (90, 2)) + 1.0
   opts = dict(epsilon=0.05, tol=1e-4)
   zeros = neural_ot.sinkhorn(x, y, **opts)
-  bad = 3.0 * jax.random.normal(k[2], (120,))  # a prediction for some other problem
+  bad = 10.0 * jax.random.normal(k[2], (120,))  # a prediction for some other problem
   off = neural_ot.sinkhorn(x, y, init=(bad, None), init_check=False, **opts)
   on = neural_ot.sinkhorn(x, y, init=(bad, None), **opts)
   assert int(off.n_iters) > int(zeros.n_iters)  # the bad start costs iterations unchecked

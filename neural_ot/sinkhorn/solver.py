@@ -327,7 +327,11 @@ class Sinkhorn:
 
     Plain Sinkhorn runs until iteration ``warmup`` (``_WARMUP``, from zeros or a warm start
     alike); its linear rate ``lam`` is estimated from the errors ``_SPAN`` iterations apart,
-    and ``omega`` is set to ``2 / (1 + sqrt(1 - lam))`` (capped). From a warm start that
+    or ``_SPAN / 2`` apart where that rate is slower (plain Sinkhorn's decay slows towards
+    its slowest mode's; from a warm start the whole span still holds the fast modes'
+    transient: on 8 x 8 digits with a Meta OT start this took the share of pairs slower
+    than zeros at 1e-4 from 8 % to 0), and ``omega`` is set to ``2 / (1 + sqrt(1 - lam))``
+    (capped). From a warm start that
     estimate is often too optimistic (the early decay is a transient of the fast modes), and
     a too small omega costs more than the head start gained, so the rate keeps being
     measured: every ``2 _SPAN`` iterations the relaxed rate ``mu`` over the last ``_SPAN``
@@ -358,7 +362,12 @@ class Sinkhorn:
     refine = (mark & (since % (2 * _SPAN) == 0) & at_target & (omega > 1.0) & ~failed
               & (mu > 0.0) & (lam_mu > lam) & (lam_mu < 1.0))
     lam = jnp.where(refine, lam_mu, lam)
-    lam = jnp.where(switch, (err / err_ref) ** (1.0 / _SPAN), lam)
+    # The plain rate at the switch: over the last span, or over its last half where that is
+    # slower (the local decay of plain Sinkhorn slows towards its slowest mode's rate; from a
+    # warm start the fast modes' transient still shows in the whole span).
+    lam_half = (err / err_span) ** (2.0 / _SPAN)
+    lam_half = jnp.where((lam_half < 1.0) & jnp.isfinite(lam_half), lam_half, 0.0)
+    lam = jnp.where(switch, jnp.maximum((err / err_ref) ** (1.0 / _SPAN), lam_half), lam)
     omega = jnp.where(refine | switch, jnp.maximum(jnp.where(switch, 1.0, omega), optimum(lam)),
                       omega)
     omega = jnp.where(failed, 1.0, omega)
@@ -369,7 +378,7 @@ class Sinkhorn:
     # from that peak, not from the error at the switch.
     first_window = (since > 0) & (since < _CHECK)
     err_ref = jnp.where(first_window, jnp.maximum(err_ref, err), err_ref)
-    err_span = jnp.where(mark | switch | ~at_target, err, err_span)
+    err_span = jnp.where(mark | switch | ~at_target | (it == warmup - _SPAN // 2), err, err_span)
     return omega, lam, err_ref, err_span, warmup
 
   def is_converged(self, err, eps_t, eps):
