@@ -13,6 +13,7 @@ def _is_png(path):
   return path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_demo_learns_a_map_and_writes_picture(tmp_path, capsys):
   rc = cli.main(["demo", "--steps", "300", "--n", "500", "--quiet", "--out", str(tmp_path)])
   assert rc == 0

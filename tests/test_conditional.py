@@ -111,6 +111,7 @@ def test_label_base_is_each_conditions_gaussian_map():
     mp.inverse(want, lab, tol=0)
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_vector_contexts_interpolate_a_closed_form_family_zero_shot():
   rng = np.random.default_rng(1)
   data = _scaled_family(rng, [-1.0, -0.5, 0.0, 0.5, 1.0])

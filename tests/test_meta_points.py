@@ -87,6 +87,7 @@ def test_landmark_solve_extends_to_the_sinkhorn_potential():
       jnp.ptp(ref.f)))
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_prediction_any_sizes_valid_init_same_solution(model):
   for n, m in ((7, 500), (300, 31), (1, 1)):
     x, _, y, _ = blobs(jax.random.PRNGKey(n + m), 1, n, m)
@@ -103,6 +104,7 @@ def test_prediction_any_sizes_valid_init_same_solution(model):
   np.testing.assert_allclose(warm.reg_ot_cost, cold.reg_ot_cost, rtol=1e-4)
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_training_raises_the_held_out_dual_over_the_gaussian_start(model):
   """The trained network's landmark dual on unseen pairs beats the same pipeline with the
   network's output at zero (the Gaussian start): on average, and on most pairs."""

@@ -63,6 +63,7 @@ def test_process_points_on_one_process_is_the_cloud_with_uniform_weights():
     process_points(x, mesh, weights=np.ones(5))
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_a_fit_given_a_mesh_keeps_whole_batch_line_search_retries():
   # gathering the rows still searching would be a collective on a batch split over devices:
   # a fit given a `mesh` must say so to its trainer (W2Trainer.sharded), plain fits must not

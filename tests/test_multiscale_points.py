@@ -86,6 +86,7 @@ def test_first_marginal_error_below_the_gaussian_start():
   assert ms < err(gaussian_potential(x, a, y, b)) and 10 * ms < err(None)
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_rule_falls_back_to_the_gaussian_start():
   """Cells that cannot resolve eps (12-D at eps = 0.01 x mean cost: two points of a cell are
   farther apart than sqrt(eps)), or clouds under 64 points: the Gaussian start exactly."""

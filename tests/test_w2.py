@@ -119,6 +119,7 @@ def test_amortized_predictor_learns_the_argmax(amortization):
   assert float(iters.mean()) < float(res_cold.n_iters.mean())
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 @pytest.mark.filterwarnings("ignore:fit_w2. the held-out dual")  # 60 steps: may stay at the start
 def test_default_inverse_is_the_training_solve_for_the_mlp_and_converged_for_the_icnn():
   # The non-convex MLP's inverse defaults to the conjugate solve its dual was trained with (a
@@ -244,6 +245,7 @@ def test_sorted_rows_give_the_same_map_and_estimate_as_shuffled_rows():
   assert err(ordered) < 2 * err(shuffled) + 1e-3
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_gaussian_init_honours_strong_convexity():
   """grad f starts at the Gaussian map whatever the strong convexity (which is part of f)."""
   (m1, s1, m2, s2), src, tgt = _gaussian_pair(3, seed=6)
@@ -269,6 +271,7 @@ def mp_rows(arr):
   return arr[perm[arr.shape[0] - training_rows(arr.shape[0]):]]
 
 
+@pytest.mark.slow  # measures wall-clock: serial, in CI's slow run
 def test_max_seconds_stops_on_time_with_a_fitted_schedule():
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2000, 2)))
   seen = []

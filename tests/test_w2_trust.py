@@ -107,6 +107,7 @@ def test_inactive_units_counts_units_without_curvature():
   assert share == pytest.approx((4 + 4) / 12)
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_a_fit_that_stays_at_its_start_is_flagged_and_a_healthy_one_is_not(monkeypatch):
   """The stall as measured (issue 27): a rate so high that the MLP's last hidden layer dies
   early, after which the network is cut off and the map stays at its Gaussian start. It is
@@ -191,6 +192,7 @@ def test_auto_races_both_potentials_and_keeps_the_lower_heldout_dual(tmp_path):
     neural_ot.fit_w2(*args, steps=5, potential="resnet", **SMALL)
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_race_gives_an_unsolved_conjugate_longer_solves_and_resumes_with_them(tmp_path,
                                                                              monkeypatch):
   """A winner whose race solves ended unsolved goes on with twice the conjugate steps; the
@@ -271,6 +273,7 @@ def test_stall_advice_names_only_what_the_stalled_fit_did_not_have():
   assert "leak" not in diagnostics.stall_advice(icnn)
 
 
+@pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 @pytest.mark.parametrize("potential", ["mlp", "icnn"])
 def test_quad_lr_scale_scales_the_quadratic_terms_step_only(potential):
   # Adam's first step is the same for every parameter of both trainers (same gradients); the
