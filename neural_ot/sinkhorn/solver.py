@@ -42,7 +42,16 @@ __all__ = ["Sinkhorn", "SinkhornState", "dual_objective", "make_solver", "solve_
 
 _WARMUP = 20  # plain iterations before adaptive momentum kicks in (from any start)
 _SPAN = 10  # iterations over which a convergence rate is measured
-_OMEGA_MAX = 1.8
+_OMEGA_MAX = 1.8  # the cap at the switch, where the error may still be far from the fixed point
+# Once the L1 error at the switch is at most _LOCAL_ERR, or has fallen _LOCAL_DROP-fold since
+# it, the iteration is in its linear regime, where two-block SOR converges for any omega < 2
+# (Young): omega may then rise to the rate's optimum up to _OMEGA_LOCAL. A cap of 1.9 at the
+# switch itself made a d = 2 point-cloud solve at eps = 1e-3 x mean cost blow up (error 1.1
+# -> 1e9); 1.95 in the linear regime diverged on a heavy-tailed pair at 3e-3. Measured in
+# benchmarks/RESULTS.md ("The over-relaxation's cap near the fixed point").
+_OMEGA_LOCAL = 1.9
+_LOCAL_DROP = 0.1
+_LOCAL_ERR = 0.1
 _CHECK = 30  # after the switch, the error must halve every _CHECK iterations
 _S_MIN = 1e-30
 _S_MAX = 1e30
@@ -51,9 +60,11 @@ _S_MAX = 1e30
 class SinkhornState(NamedTuple):
   """Loop state: iteration counter, potentials, last measured error, trace, the
   adaptive over-relaxation's ``omega``, the plain rate ``lam`` it was set for, two
-  reference errors and the iteration at which it (re)starts (``warmup``), and
+  reference errors and the iteration at which it (re)starts (``warmup``),
   ``diverged``: invalid weights at :meth:`Sinkhorn.init`, or a non-finite error
-  measured by :meth:`Sinkhorn.step` (the loop stops there)."""
+  measured by :meth:`Sinkhorn.step` (the loop stops there), and ``err_switch``, the error
+  at the last switch to over-relaxation (how far the solve has come since, which bounds
+  ``omega``)."""
 
   it: jax.Array
   f: jax.Array
@@ -68,6 +79,7 @@ class SinkhornState(NamedTuple):
   err_span: jax.Array
   warmup: jax.Array
   diverged: jax.Array
+  err_switch: jax.Array
 
 
 def _input_invalid(geom, a, b, eps):
@@ -169,6 +181,9 @@ class Sinkhorn:
       or ``"auto"``: plain for 20 iterations, then ``omega`` from the measured
       convergence rate, re-measured as it runs (same fixed point, far fewer iterations
       at small eps; a warm start is treated like zeros, so it keeps its head start).
+      ``omega`` is capped at 1.8 while the solve may be far from its fixed point, and at
+      1.9 once the L1 marginal error at the switch was at most 0.1 or has fallen tenfold
+      since (SOR's linear regime, where a larger omega is safe).
     adjoint: how gradients are computed: :class:`ImplicitDiff` (custom root +
       conjugate gradient, memory independent of iterations; the default) or
       :class:`Unrolled` (backpropagate through all ``max_iters`` iterations). The
@@ -274,7 +289,7 @@ class Sinkhorn:
                          jnp.array(jnp.inf, dtype), jnp.array(0.0, dtype),
                          jnp.array(0.0, dtype), jnp.array(jnp.inf, dtype),
                          jnp.array(_WARMUP, jnp.int32),
-                         _input_invalid(geom, a, b, eps))
+                         _input_invalid(geom, a, b, eps), jnp.array(jnp.inf, dtype))
 
   def step(self, geom: PointCloud, a, b, eps, state: SinkhornState) -> SinkhornState:
     """One iteration: measure the error of the current plan, then update ``f`` and ``g``.
@@ -284,7 +299,8 @@ class Sinkhorn:
     A non-finite error (NaN or inf inputs, or an overflow) sets ``diverged`` and
     likewise leaves the state unchanged: the driver stops at the first one.
     """
-    it, f, g, _, _, errors, omega, err_ref, col_err, lam, err_span, warmup, diverged = state
+    (it, f, g, _, _, errors, omega, err_ref, col_err, lam, err_span, warmup, diverged,
+     err_switch) = state
     eps = jnp.asarray(eps, f.dtype)
     eps_t = self.epsilon_at(it, eps)
     s, row_err = self.row_error(geom, a, b, f, g, eps_t)
@@ -292,8 +308,8 @@ class Sinkhorn:
     err = row_err + col_err
     diverged = diverged | ~jnp.isfinite(err)
     if self.momentum == "auto":
-      omega, lam, err_ref, err_span, warmup = self._adapt_omega(
-          it, err, omega, lam, err_ref, err_span, warmup, eps_t, eps)
+      omega, lam, err_ref, err_span, warmup, err_switch = self._adapt_omega(
+          it, err, omega, lam, err_ref, err_span, warmup, eps_t, eps, err_switch)
     f_hat = _tau(self.rho_a, eps_t) * (f - eps_t * jnp.log(jnp.clip(s, _S_MIN, _S_MAX)))
     f_new = f + omega * (f_hat - f)
     t = geom.kernel_sum(fold(f_new, eps_t, a), g, eps_t, axis=0)
@@ -312,7 +328,7 @@ class Sinkhorn:
       errors = errors.at[it].set(err)
     col_err = jnp.where(stop, col_err, col_err_new)
     return SinkhornState(it + jnp.where(stop, 0, 1), f, g, err, done, errors, omega, err_ref,
-                         col_err, lam, err_span, warmup, diverged)
+                         col_err, lam, err_span, warmup, diverged, err_switch)
 
   def row_error(self, geom: PointCloud, a, b, f, g, eps_t):
     """The row sums ``s_i = sum_j b_j exp((f_i + g_j - C_ij) / eps_t)`` (the plan's row
@@ -322,7 +338,8 @@ class Sinkhorn:
     target = 1.0 if self.rho_a is None else jnp.exp(-f / self.rho_a)
     return s, jnp.sum(jnp.where(a > 0, a * jnp.abs(s - target), 0.0))
 
-  def _adapt_omega(self, it, err, omega, lam, err_ref, err_span, warmup, eps_t, eps):
+  def _adapt_omega(self, it, err, omega, lam, err_ref, err_span, warmup, eps_t, eps,
+                   err_switch=jnp.inf):
     """Adaptive over-relaxation (Thibault et al. 2017; Lehmann et al. 2021).
 
     Plain Sinkhorn runs until iteration ``warmup`` (``_WARMUP``, from zeros or a warm start
@@ -348,13 +365,19 @@ class Sinkhorn:
     err = jax.lax.stop_gradient(err)
     at_target = jnp.asarray(eps_t <= eps)
 
-    def optimum(lam):
-      guess = 2.0 / (1.0 + jnp.sqrt(jnp.clip(1.0 - lam, 1e-6, 1.0)))
-      return jnp.where((lam < 1.0) & jnp.isfinite(lam), jnp.clip(guess, 1.0, _OMEGA_MAX), 1.0)
 
     since = it - warmup
     switch = (since == 0) & at_target
     check = (since > 0) & (since % _CHECK == 0)
+    # the cap: _OMEGA_MAX, or _OMEGA_LOCAL where the error at the switch was at most
+    # _LOCAL_ERR or has fallen _LOCAL_DROP-fold since (the linear regime)
+    local = (jnp.where(switch, err, err_switch) <= _LOCAL_ERR) | (
+        jnp.isfinite(err_switch) & (err <= _LOCAL_DROP * err_switch))
+    cap = jnp.where(local, _OMEGA_LOCAL, _OMEGA_MAX)
+
+    def optimum(lam):
+      guess = 2.0 / (1.0 + jnp.sqrt(jnp.clip(1.0 - lam, 1e-6, 1.0)))
+      return jnp.where((lam < 1.0) & jnp.isfinite(lam), jnp.clip(guess, 1.0, cap), 1.0)
     failed = check & ~(err <= 0.5 * err_ref)
     mark = (since > 0) & (since % _SPAN == 0)
     mu = (err / err_span) ** (1.0 / _SPAN)
@@ -379,7 +402,8 @@ class Sinkhorn:
     first_window = (since > 0) & (since < _CHECK)
     err_ref = jnp.where(first_window, jnp.maximum(err_ref, err), err_ref)
     err_span = jnp.where(mark | switch | ~at_target | (it == warmup - _SPAN // 2), err, err_span)
-    return omega, lam, err_ref, err_span, warmup
+    err_switch = jnp.where(switch, err, jnp.where(failed | ~at_target, jnp.inf, err_switch))
+    return omega, lam, err_ref, err_span, warmup, err_switch
 
   def is_converged(self, err, eps_t, eps):
     return (err < self.tol) & (eps_t <= eps)
