@@ -53,7 +53,7 @@ def main():
                  gauss_fwd=round(gauss["uvp_fwd"], 4), gauss_inv=round(gauss["uvp_inv"], 4),
                  step_ms=round(r["step_ms"], 2), wall=round(time.time() - t0, 1),
                  stalled=d.stalled, returned_start=d.returned_start, dual_start=d.dual_start,
-                 dual_end=d.dual_end,
+                 dual_end=d.dual_end, dual_gain_se=d.dual_gain_se,
                  inactive=round(d.inactive_share, 3),
                  choice=None if d.choice is None else {
                      k: round(v["dual"], 5) for k, v in d.choice["candidates"].items()},

@@ -12,6 +12,7 @@ import pytest
 import neural_ot
 from neural_ot import gaussian
 from neural_ot.w2 import W2Trainer, diagnostics, race
+from neural_ot.w2.defaults import default_options
 from neural_ot.w2bench import families
 from neural_ot.w2bench.families import FAMILIES, family_pair
 from neural_ot.w2bench.metrics import baselines, evaluate
@@ -154,6 +155,29 @@ def test_a_trained_map_worse_than_its_gaussian_start_returns_the_start():
   assert ref["uvp_fwd"] < 1e-3
 
 
+def test_inactive_units_are_not_flagged_past_a_clear_gain(monkeypatch):
+  """Inactive units flag a fit only where its held-out dual gained less than 5 standard errors
+  (a near-Gaussian tune pair at D = 2, 190x better than its Gaussian map with 63 % of its units
+  inactive, gained 7.6); under 3 the fit is flagged for the dual alone."""
+  monkeypatch.setattr(diagnostics, "inactive_units", lambda *a: (0.8, (0.8, 0.8)))
+  n = 400
+  z = np.random.default_rng(0).normal(size=n)
+  z = (z - z.mean()) / z.std()
+  fx0, fcy = np.zeros(n), np.zeros(n)
+  tr = W2Trainer(potential="mlp")
+  x = np.zeros((n, 2))
+
+  def diag(ses):  # the end's dual lower than the start's by `ses` standard errors (se 0.05)
+    fx = fx0 - (0.05 * ses + z)
+    return diagnostics.diagnose(tr, {"f": None}, {"f": None}, x, x,
+                                terms=(fx, fcy, np.zeros(n)), start_terms=(fx0, fcy))
+  clear, unclear, none = diag(7.0), diag(4.0), diag(2.0)
+  np.testing.assert_allclose([clear.dual_gain, clear.dual_gain_se], [0.35, 0.05], rtol=1e-6)
+  assert not clear.stalled and clear.inactive_share == 0.8
+  assert unclear.stalled and "inactive" in unclear.message and "no better" not in unclear.message
+  assert none.stalled and "no better" in none.message
+
+
 def test_dead_units_are_flagged():
   pair = family_pair("lse-box", 2)
   tr = W2Trainer(potential="mlp", hidden=(8, 8), predictor_hidden=(8,))
@@ -214,21 +238,35 @@ def test_race_gives_an_unsolved_conjugate_longer_solves_and_resumes_with_them(tm
   assert name == "icnn" and back["chosen"] == "icnn" and "finetune_iters" not in back
   monkeypatch.setattr(race, "unsolved", lambda trainer, residual, dim: bool(np.isfinite(residual)))
   monkeypatch.setattr(race, "MIN_STEPS", 100)  # a short race: 40 steps a candidate
+  monkeypatch.setattr(race, "HARD_WIDTH_MIN_DIM", 1)  # widened at any D here (33-64 by default)
   pair = family_pair("lse-box", 2)
   args = (pair.sample_source, pair.sample_target)
   kw = dict(steps=400, batch_size=64, log_every=20, checkpoint_dir=str(tmp_path),
-            finetune_iters=4, **SMALL)
+            finetune_iters=4, predictor_hidden=(32, 32), progress=False)
   mp = neural_ot.fit_w2(*args, **kw)
   choice = mp.diagnostics.choice
   assert all(np.isfinite(c["conj_residual"]) for c in choice["candidates"].values())
   assert choice["finetune_iters"] == 8 and mp.trainer.finetune_iters == 8
-  assert int(mp.history[-1]["step"]) == 400
-  os.remove(os.path.join(tmp_path, "checkpoint.msgpack"))
-  again = neural_ot.fit_w2(*args, **kw)  # no race again: from the winner's race state
-  assert again.diagnostics.choice == choice and again.trainer.finetune_iters == 8
+  # ... and twice the widths, from the Gaussian start: the log starts again at step 0
+  narrow = default_options(2, potential=mp.trainer.potential)["hidden"]
+  assert mp.trainer.hidden == tuple(2 * h for h in narrow) and choice["hidden"] == list(
+      mp.trainer.hidden)
+  assert mp.params["f"]["params"]["Dense_0"]["kernel"].shape[-1] == 2 * narrow[0]
   logs = lambda m: [h for h in m.history if "conj_iters" in h]
-  assert logs(again)[0] == logs(mp)[0]  # the race's own log (4-step solves), not a fresh start
+  assert int(logs(mp)[0]["step"]) <= 20 and int(mp.history[-1]["step"]) == 400
+  os.remove(os.path.join(tmp_path, "checkpoint.msgpack"))
+  again = neural_ot.fit_w2(*args, **kw)  # no race again; the wide network from its start
+  assert again.diagnostics.choice == choice and again.trainer == mp.trainer
   assert int(logs(again)[-1]["step"]) == 400
+  np.testing.assert_allclose(logs(again)[-1]["loss"], logs(mp)[-1]["loss"], rtol=1e-4)
+  # a fall-back to the race's other candidate drops the width with the longer solve
+  name, back = race.fall_back(choice, {"icnn": None} if choice["chosen"] == "mlp" else
+                              {"mlp": None}, np.inf)
+  assert "hidden" not in back and "finetune_iters" not in back
+  # widths the user gave are kept (the longer solve still applies)
+  mine = neural_ot.fit_w2(*args, **{**kw, "hidden": (32, 32), "checkpoint_dir": None})
+  assert mine.trainer.hidden == (32, 32) and "hidden" not in mine.diagnostics.choice
+  assert mine.trainer.finetune_iters == 8
 
 
 def test_diagnostics_survive_save_and_load(tmp_path):

@@ -12,7 +12,8 @@ checkpoints, so a resumed run does not race again.
 The race also measures how well the winner's conjugate was solved: where the MLP's solves end
 far from converged above 16 dimensions (:func:`unsolved`), the rest of the run gives them
 :data:`HARD_SOLVE_FACTOR` times the steps (and the map's inverse, which defaults to the
-training solve, does too).
+training solve, does too) and, from 33 to 64 dimensions, a network :data:`HARD_WIDTH_FACTOR`
+times wider, from its Gaussian start.
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ HARD_SOLVE_FACTOR = 2
 # 0.968 % with 10 steps, 0.150 / 0.983 % with 20); at D = 32 they halved the forward error
 # (9.92 / 15.4 -> 4.93 / 3.74 %).
 HARD_SOLVE_MIN_DIM = 16
+# ... and, from 33 to HARD_WIDTH_MAX_DIM dimensions, the network is widened by this factor and
+# restarted from its Gaussian start: the unsolved pairs' maps are nearly piecewise constant
+# (log-sum-exp potentials). Tune family lse-box, 300 s, 20 solver steps, forward / inverse
+# L2-UVP %: D = 64 18.3 / 10.0 -> 10.3 / 10.6 (widths x2); D = 32 4.93 / 3.74 -> 3.26 / 5.11
+# (mixed: not widened); D = 128 50.9 / 49.7 -> 61.0 / 69.9 (a step cost 3.7x as much: 573
+# steps). The smooth tune families, whose solves converge, keep their width (wider, they were
+# worse: benchmarks/RESULTS.md, sessions 41, 44).
+HARD_WIDTH_FACTOR = 2
+HARD_WIDTH_MIN_DIM, HARD_WIDTH_MAX_DIM = 33, 64
 
 
 def worthwhile(steps, max_seconds) -> bool:
@@ -95,14 +105,15 @@ def _budget(steps, max_seconds) -> dict:
 
 def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
          fingerprint: Callable, x_held, y_held, steps, max_seconds, resume: bool,
-         progress: bool):
+         progress: bool, widen: bool = True):
   """Race ``trainers`` (a dict ``name -> W2Trainer`` over :data:`CANDIDATES` and
   :data:`RECOVERY`) and return ``(trainer, state, history, choice, states)``.
 
   ``start(trainer)`` is a fresh state; ``train_part(trainer, state, checkpoint=, steps=,
   max_seconds=, ...)`` trains it on the fit driver; ``ckpt(name)`` is a checkpoint path (or
   ``None``); ``choice`` is ``{"candidates": {name: figures}, "chosen": name}`` and
-  ``states`` maps each candidate raced in this call to ``(state, history)``.
+  ``states`` maps each candidate raced in this call to ``(state, history)``. ``widen=False``
+  (widths the user chose) keeps the winner's widths where its conjugate was unsolved.
   """
   record = ckpt("race.json")
   key = _record_key(trainers, fingerprint)
@@ -131,18 +142,24 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
     done = {"candidates": results, "chosen": best}
     if unsolved(trainers[best], results[best]["conj_residual"], x_held.shape[1]):
       done["finetune_iters"] = HARD_SOLVE_FACTOR * trainers[best].finetune_iters
+      if widen and HARD_WIDTH_MIN_DIM <= x_held.shape[1] <= HARD_WIDTH_MAX_DIM:
+        done["hidden"] = [HARD_WIDTH_FACTOR * int(h) for h in trainers[best].hidden]
     if record:
       io.write_json_atomic(record, {"fingerprint": key, "choice": done})
   best = done["chosen"]
   trainer = trainers[best]
   if done.get("finetune_iters"):  # the winner's solves were unsolved: longer ones from here
     trainer = dataclasses.replace(trainer, finetune_iters=int(done["finetune_iters"]))
-  # Resumed: the winner's race checkpoint (or the main one) carries its state.
-  state, hist = states.get(best, (start(trainer), []))
+  if done.get("hidden"):  # ... and a wider network, from its Gaussian start
+    trainer = dataclasses.replace(trainer, hidden=tuple(int(h) for h in done["hidden"]))
+    state, hist = start(trainer), []
+  else:  # Resumed: the winner's race checkpoint (or the main one) carries its state.
+    state, hist = states.get(best, (start(trainer), []))
   if progress:
     figures = ", ".join(f"{n} {r['dual']:.6g}" for n, r in done["candidates"].items())
-    longer = (f" (its conjugate unsolved: {trainer.finetune_iters} solver steps from here)"
-              if done.get("finetune_iters") else "")
+    longer = (f" (its conjugate unsolved: {trainer.finetune_iters} solver steps"
+              + (f" and widths {tuple(trainer.hidden)} from its start" if done.get("hidden")
+                 else "") + " from here)" if done.get("finetune_iters") else "")
     sys.stderr.write(f"[fit_w2] potential='auto': held-out dual after the race: {figures}; "
                      f"continuing with {best!r}{longer}\n")
   return trainer, state, hist, done, states
@@ -158,8 +175,8 @@ def fall_back(choice: dict, states: dict, dual_end: float):
   if not others:
     return None
   name = min(others, key=lambda n: others[n]["dual"])
-  # the longer solve was the winner's; the candidate returned keeps its own
-  kept = {k: v for k, v in choice.items() if k != "finetune_iters"}
+  # the longer solve and the width were the winner's; the candidate returned keeps its own
+  kept = {k: v for k, v in choice.items() if k not in ("finetune_iters", "hidden")}
   return name, {**kept, "chosen": name, "fallback_from": choice["chosen"],
                 "fallback_dual": dual_end}
 
