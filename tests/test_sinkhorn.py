@@ -277,11 +277,11 @@ def test_adaptive_momentum_goes_past_1_8_only_near_the_fixed_point():
   from neural_ot.sinkhorn import solver as solver_lib
   slow = 0.998
   best = 2 / (1 + np.sqrt(1 - slow))
-  assert best > solver_lib._OMEGA_LOCAL > solver_lib._OMEGA_MAX
+  assert best > solver_lib.OMEGA_LOCAL > solver_lib.OMEGA_MAX
   _, far = _rate_at_the_switch([1.4 * slow ** k for k in range(21)])
   _, near = _rate_at_the_switch([0.05 * slow ** k for k in range(21)])
-  np.testing.assert_allclose(far, solver_lib._OMEGA_MAX, rtol=1e-6)
-  np.testing.assert_allclose(near, solver_lib._OMEGA_LOCAL, rtol=1e-6)
+  np.testing.assert_allclose(far, solver_lib.OMEGA_MAX, rtol=1e-6)
+  np.testing.assert_allclose(near, solver_lib.OMEGA_LOCAL, rtol=1e-6)
   # A fast rate's optimum is under both caps: the same omega either way.
   _, far = _rate_at_the_switch([1.4 * 0.9 ** k for k in range(21)])
   _, near = _rate_at_the_switch([0.05 * 0.9 ** k for k in range(21)])
@@ -300,7 +300,7 @@ def test_over_relaxation_near_the_fixed_point_cuts_iterations_at_small_eps(monke
   y = jax.random.normal(k2, (340, 2))
   opts = dict(epsilon=1e-3, relative_epsilon=True, tol=1e-4, max_iters=5000)
   now = neural_ot.sinkhorn(x, y, **opts)
-  monkeypatch.setattr(solver_lib, "_OMEGA_LOCAL", solver_lib._OMEGA_MAX)
+  monkeypatch.setattr(solver_lib, "OMEGA_LOCAL", solver_lib.OMEGA_MAX)
   jax.clear_caches()  # the cap is read when the solver is traced
   capped = neural_ot.sinkhorn(x, y, **opts)
   jax.clear_caches()

@@ -42,14 +42,14 @@ __all__ = ["Sinkhorn", "SinkhornState", "dual_objective", "make_solver", "solve_
 
 _WARMUP = 20  # plain iterations before adaptive momentum kicks in (from any start)
 _SPAN = 10  # iterations over which a convergence rate is measured
-_OMEGA_MAX = 1.8  # the cap at the switch, where the error may still be far from the fixed point
+OMEGA_MAX = 1.8  # the cap at the switch, where the error may still be far from the fixed point
 # Once the L1 error at the switch is at most _LOCAL_ERR, or has fallen _LOCAL_DROP-fold since
 # it, the iteration is in its linear regime, where two-block SOR converges for any omega < 2
-# (Young): omega may then rise to the rate's optimum up to _OMEGA_LOCAL. A cap of 1.9 at the
+# (Young): omega may then rise to the rate's optimum up to OMEGA_LOCAL. A cap of 1.9 at the
 # switch itself made a d = 2 point-cloud solve at eps = 1e-3 x mean cost blow up (error 1.1
 # -> 1e9); 1.95 in the linear regime diverged on a heavy-tailed pair at 3e-3. Measured in
 # benchmarks/RESULTS.md ("The over-relaxation's cap near the fixed point").
-_OMEGA_LOCAL = 1.9
+OMEGA_LOCAL = 1.9
 _LOCAL_DROP = 0.1
 _LOCAL_ERR = 0.1
 _CHECK = 30  # after the switch, the error must halve every _CHECK iterations
@@ -369,11 +369,11 @@ class Sinkhorn:
     since = it - warmup
     switch = (since == 0) & at_target
     check = (since > 0) & (since % _CHECK == 0)
-    # the cap: _OMEGA_MAX, or _OMEGA_LOCAL where the error at the switch was at most
+    # the cap: OMEGA_MAX, or OMEGA_LOCAL where the error at the switch was at most
     # _LOCAL_ERR or has fallen _LOCAL_DROP-fold since (the linear regime)
     local = (jnp.where(switch, err, err_switch) <= _LOCAL_ERR) | (
         jnp.isfinite(err_switch) & (err <= _LOCAL_DROP * err_switch))
-    cap = jnp.where(local, _OMEGA_LOCAL, _OMEGA_MAX)
+    cap = jnp.where(local, OMEGA_LOCAL, OMEGA_MAX)
 
     def optimum(lam):
       guess = 2.0 / (1.0 + jnp.sqrt(jnp.clip(1.0 - lam, 1e-6, 1.0)))
