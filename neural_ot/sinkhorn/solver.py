@@ -364,8 +364,6 @@ class Sinkhorn:
     """
     err = jax.lax.stop_gradient(err)
     at_target = jnp.asarray(eps_t <= eps)
-
-
     since = it - warmup
     switch = (since == 0) & at_target
     check = (since > 0) & (since % _CHECK == 0)

@@ -157,9 +157,9 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
     state, hist = states.get(best, (start(trainer), []))
   if progress:
     figures = ", ".join(f"{n} {r['dual']:.6g}" for n, r in done["candidates"].items())
-    longer = (f" (its conjugate unsolved: {trainer.finetune_iters} solver steps"
-              + (f" and widths {tuple(trainer.hidden)} from its start" if done.get("hidden")
-                 else "") + " from here)" if done.get("finetune_iters") else "")
+    longer = (f" (its conjugate unsolved: {trainer.finetune_iters} solver steps from here"
+              + (f", widths {tuple(trainer.hidden)} restarted from the Gaussian start"
+                 if done.get("hidden") else "") + ")" if done.get("finetune_iters") else "")
     sys.stderr.write(f"[fit_w2] potential='auto': held-out dual after the race: {figures}; "
                      f"continuing with {best!r}{longer}\n")
   return trainer, state, hist, done, states
