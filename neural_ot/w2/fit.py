@@ -54,7 +54,7 @@ def held_out_rows(dim: int) -> int:
   ``16384`` up to D = 8, else ``4096``. Near-Gaussian pairs gain little dual over their
   Gaussian start, and at D = 2 a fit 190x better than its start in L2-UVP gained 0.0032 against
   a standard error of 0.0013 on 4096 draws: flagged as stalled. Four times the draws halve the
-  error; at D <= 8 the held-out conjugate solves cost about what a few hundred steps do."""
+  error (their cost was not timed separately; the 5-minute D = 2 runs ended at 311 s)."""
   return 4 * _N_HELD_OUT if int(dim) <= 8 else _N_HELD_OUT
 
 
