@@ -7,7 +7,8 @@ the start and the end, inactive units, the automatic choice) are printed too. On
 run, appended to ``--out``.
 
 Run: ``python benchmarks/w2_families.py --half heldout --dims 8 16 --seconds 300``
-(``--families NAME ...`` picks families; ``--steps N`` runs at equal steps; extra fit_w2
+(``--half probe``: the families added after the defaults were fixed; ``--families NAME ...``
+picks families; ``--steps N`` runs at equal steps; extra fit_w2
 options as ``--opt key=value``).
 """
 
@@ -23,7 +24,7 @@ from neural_ot.w2bench.runner import run_method
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--half", choices=("tune", "heldout", "all"), default="heldout")
+  p.add_argument("--half", choices=("tune", "heldout", "probe", "all"), default="heldout")
   p.add_argument("--families", nargs="*", default=None)
   p.add_argument("--dims", nargs="+", type=int, default=[8])
   p.add_argument("--seconds", type=float, default=None)

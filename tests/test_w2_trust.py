@@ -44,8 +44,10 @@ def test_family_maps_are_gradients_of_convex_potentials(family):
 
 def test_family_halves_and_the_gaussian_control():
   tune, held = families.family_names("tune"), families.family_names("heldout")
+  probe = families.family_names("probe")
   assert len(tune) >= 4 and len(held) >= 4 and not set(tune) & set(held)
-  assert set(tune) | set(held) == set(FAMILIES)
+  assert not set(probe) & (set(tune) | set(held))
+  assert set(tune) | set(held) | set(probe) == set(FAMILIES)
   # The control's map is affine and its source Gaussian: the closed-form Gaussian map between
   # the moments is the true map (L2-UVP ~ 0), unlike a nonlinear family.
   from neural_ot.w2bench import baselines, evaluate
