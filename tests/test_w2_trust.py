@@ -180,6 +180,26 @@ def test_inactive_units_are_not_flagged_past_a_clear_gain(monkeypatch):
   assert none.stalled and "no better" in none.message
 
 
+def test_a_flagged_fit_names_an_unsolved_conjugate():
+  """A potential without its quadratic part (here: linear up to a small network) has no finite
+  conjugate: the held-out solve runs off with a residual |grad f - y| of order |y|, the dual is
+  worse than the start's, and the message says the conjugate was not solved; the start itself
+  (a quadratic, solved exactly) is not flagged and has no such note."""
+  pair = family_pair("lse-box", 3)
+  x, y = (np.asarray(v) for v in pair.pairs(jax.random.PRNGKey(0), 256))
+  tr = W2Trainer(potential="mlp", hidden=(8, 8), predictor_hidden=(8,))
+  start = tr.init_state(jax.random.PRNGKey(0), 3, 10, (x.mean(0), np.cov(x.T)),
+                        (y.mean(0), np.cov(y.T))).params
+  broken = jax.tree.map(lambda v: v, start)
+  broken["f"]["params"]["quad"] = jnp.zeros_like(broken["f"]["params"]["quad"])
+  d = diagnostics.diagnose(tr, broken, start, x, y)
+  assert d.stalled and d.dual_gain < 0
+  assert "conjugate was not solved" in d.message
+  assert d.conj_residual_median / np.sqrt(3) > 0.03
+  healthy = diagnostics.diagnose(tr, start, start, x, y)
+  assert "conjugate" not in healthy.message and healthy.conj_residual_median < 1e-3
+
+
 def test_dead_units_are_flagged():
   pair = family_pair("lse-box", 2)
   tr = W2Trainer(potential="mlp", hidden=(8, 8), predictor_hidden=(8,))

@@ -39,6 +39,12 @@ _STALL_REL = 1e-4
 # than its Gaussian map in L2-UVP with 63 % of its units inactive, gained 7.6 standard errors
 # and was flagged; every stall measured gained under 3.)
 _CLEAR_GAIN_SE = 5.0
+# A flagged fit's message also names an unsolved conjugate: the held-out solve (100 L-BFGS
+# steps to 1e-5) left a median residual |grad f(x*) - y| above this per coordinate (standardised
+# units). Measured on the probe family huber-shell at D = 64 (session 45): both race candidates'
+# training solves ended 14-34 per coordinate from converged and the fit returned its start; the
+# smooth tune families' training solves end under 0.009 (neural_ot.w2.race, session 42).
+_UNSOLVED_RESIDUAL = 0.03
 # ... or when at least this share of its hidden units is inactive, or this share of one layer's
 # (every path from the input to the output of an MLP crosses each layer: one dead layer freezes
 # the network before it; measured, the stalls at D = 48 and at D = 2 with a rate of 1.0 had the
@@ -195,6 +201,12 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
     notes.append(f"{100 * share:.0f} % of the potential's hidden units are inactive (no "
                  f"curvature on 99 % of held-out samples; by layer "
                  + ", ".join(f"{100 * v:.0f} %" for v in per) + ")")
+  per_coord = resid_med / np.sqrt(x.shape[1])
+  if notes and per_coord > _UNSOLVED_RESIDUAL:  # (NaN compares False)
+    notes.append(f"the trained potential's conjugate was not solved on held-out targets "
+                 f"(median residual |grad f(x*) - y| {per_coord:.3g} per coordinate after 100 "
+                 f"solver steps), so its training gradients were biased: more solver steps "
+                 f"(`finetune_iters`) or a smaller `learning_rate` may train it")
   return FitDiagnostics(start, end, gain, se, share, per, resid_med, resid_99,
                         bool(notes), "; ".join(notes), choice)
 
