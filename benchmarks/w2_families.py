@@ -56,6 +56,7 @@ def main():
                  stalled=d.stalled, returned_start=d.returned_start, dual_start=d.dual_start,
                  dual_end=d.dual_end, dual_gain_se=d.dual_gain_se,
                  inactive=round(d.inactive_share, 3),
+                 heldout_residual=round(d.conj_residual_median / dim ** 0.5, 5),
                  choice=None if d.choice is None else {
                      k: round(v["dual"], 5) for k, v in d.choice["candidates"].items()},
                  conj_residual=None if d.choice is None else {

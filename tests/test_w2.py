@@ -66,6 +66,33 @@ def test_gaussian_initialisation_starts_at_the_gaussian_map():
   assert float(err) < 0.01  # only moment-estimation error and the network's small start
 
 
+def test_the_gaussian_start_floors_a_nearly_flat_source():
+  """A source nearly flat in one direction (variance 1e-6) gives a Gaussian map of slope ~500
+  there; the start's source covariance has its eigenvalues floored at START_SOURCE_FLOOR of the
+  mean (checked against an eigendecomposition), which bounds the slope; a well-conditioned
+  source keeps its moments, and the target's are never changed."""
+  from neural_ot.w2 import fit as w2fit
+  rng = np.random.default_rng(0)
+  q = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+  x = (rng.normal(size=(20000, 4)) * np.array([1e-3, 1.0, 1.2, 0.8])) @ q.T
+  y = rng.normal(size=(20000, 4)) * np.array([0.5, 1.0, 1.1, 0.9])
+  (mx, sx), (my, sy) = neural_ot.gaussian.moments(x), neural_ot.gaussian.moments(y)
+  a, _ = gaussian_map(mx, sx, my, sy)
+  assert np.linalg.eigvalsh(np.asarray(a, np.float64)).max() > 100
+  (m1, s1), (m2, s2) = w2fit.start_moments(x, y)
+  w, v = np.linalg.eigh(np.asarray(sx, np.float64))
+  low = w2fit.START_SOURCE_FLOOR * w.mean()
+  np.testing.assert_allclose(np.asarray(s1), (v * np.maximum(w, low)) @ v.T, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(s2), np.asarray(sy))
+  np.testing.assert_array_equal(np.asarray(m1), np.asarray(mx))
+  slope = np.linalg.eigvalsh(np.asarray(gaussian_map(m1, s1, m2, s2)[0], np.float64)).max()
+  assert slope < 1.05 * np.sqrt(np.linalg.eigvalsh(np.asarray(sy)).max() / low)
+  # a well-conditioned source: the moments as they are
+  x2 = rng.normal(size=(5000, 4)) * np.array([0.6, 1.0, 1.2, 0.8])
+  np.testing.assert_array_equal(np.asarray(w2fit.start_moments(x2, y)[0][1]),
+                                np.asarray(neural_ot.gaussian.moments(x2)[1]))
+
+
 def test_one_dimensional_map_matches_sorting():
   # Source N(0, 1), target a skewed mixture; the 1-D OT map is the monotone rearrangement.
   def tgt(k, n):

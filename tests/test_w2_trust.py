@@ -238,6 +238,20 @@ def test_auto_races_both_potentials_and_keeps_the_lower_heldout_dual(tmp_path):
     neural_ot.fit_w2(*args, steps=5, potential="resnet", **SMALL)
 
 
+def test_a_slim_icnn_win_keeps_the_mlp_where_it_is_the_default():
+  """Probe families (session 45): the ICNN won races by 1.16x and 1.23x the MLP's gain over
+  the start and its inverse then missed the target; under ICNN_GAIN_RATIO the MLP is kept where
+  it is the dimension's default, and nowhere else or when the MLP did not gain."""
+  assert race.ICNN_GAIN_RATIO > 1.23
+  start = 11.73
+  slim = dict(start_dual=start, mlp_dual=start - 0.64, icnn_dual=start - 0.74)
+  clear = dict(start_dual=start, mlp_dual=start - 0.64, icnn_dual=start - 1.2)
+  assert race.keeps_mlp(16, **slim) and race.keeps_mlp(64, **slim)
+  assert not race.keeps_mlp(16, **clear)
+  assert not race.keeps_mlp(2, **slim) and not race.keeps_mlp(128, **slim)  # ICNN's dims
+  assert not race.keeps_mlp(16, start_dual=start, mlp_dual=start + 0.1, icnn_dual=start - 0.01)
+
+
 @pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run
 def test_race_gives_an_unsolved_conjugate_longer_solves_and_resumes_with_them(tmp_path,
                                                                              monkeypatch):

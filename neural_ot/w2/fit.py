@@ -67,6 +67,38 @@ def moment_rows(dim: int) -> int:
   return int(min(max(2 ** 14, 512 * int(dim)), 2 ** 16))
 
 
+# The Gaussian start's source covariance has its eigenvalues floored at this fraction of its
+# mean variance (1 once the data are standardised); see start_moments.
+START_SOURCE_FLOOR = 1e-2
+
+
+def start_moments(x, y, floor: float | None = None):
+  """The moments ``((mx, Sx), (my, Sy))`` of the samples ``x``, ``y: (n, d)`` that the Gaussian
+  start is built from, the eigenvalues of ``Sx`` floored at ``floor`` (default
+  :data:`START_SOURCE_FLOOR`) times its mean variance.
+
+  The start is the Gaussian OT map ``A x + b`` between the moments. A source that is nearly
+  flat in some direction makes ``A`` nearly singular: a random linear image of a Student-t (the
+  ``student`` sources of :mod:`neural_ot.w2bench.families`) had a covariance eigenvalue of 1e-6
+  of the mean at D = 128, and the start's slope there was 272 (every other tune pair: 0.1 to
+  6; the probe family huber-shell at D = 64: 1,440). The nonlinear map does not need that slope
+  (the target's spread in that direction comes from the other directions), but a potential with
+  a curvature ratio in the thousands, computed in float32 through ``Sx^{-1/2}``, is one whose
+  conjugate is not solved in 10 steps, and training stalled at the start. Floored, the slope is
+  at most about ``sqrt(var_max / floor)``; a source whose eigenvalues are all above the floor
+  keeps its moments (so the start is unchanged). Only the source: a target flat in some
+  direction (the Gaussian control at D = 4 has one at 0.4 % of its mean variance) is a map
+  that compresses, which the start should keep. Chosen on the tune half
+  (``benchmarks/RESULTS.md``, issue 27, session 45)."""
+  (mx, sx), mt = gaussian.moments(x), gaussian.moments(y)
+  f = START_SOURCE_FLOOR if floor is None else floor
+  w, v = jnp.linalg.eigh(0.5 * (sx + sx.T))
+  low = f * jnp.mean(w)
+  if bool(jnp.min(w) >= low):
+    return (mx, sx), mt
+  return (mx, (v * jnp.maximum(w, low)) @ v.T), mt
+
+
 @dataclasses.dataclass(frozen=True)
 class PairSampler:
   """Draws a training batch ``(x, y)`` of ``batch_size`` rows from each measure.
@@ -239,8 +271,11 @@ def fit_w2(source, target, *, standardize: bool = True, init_map: W2Map | None =
   and 25x worse on another at the same D). So by default (``potential="auto"``) a run of at
   least 2000 steps or 60 seconds starts with a race: the non-convex MLP and the ICNN each
   train for a tenth of the run from the same Gaussian start, and the one with the lower
-  held-out dual objective (no known map needed) goes on; a shorter run or a fine-tune takes
-  the dimension's rule of :func:`default_options`. ``potential="mlp"`` or ``"icnn"`` fixes it.
+  held-out dual objective (no known map needed) goes on (where the MLP is the dimension's
+  default, the ICNN needs a clear lead: :func:`neural_ot.w2.race.keeps_mlp`); a shorter run or
+  a fine-tune takes the dimension's rule of :func:`default_options`. The Gaussian start is the
+  OT map between the measures' moments, the source's nearly flat directions floored
+  (:func:`start_moments`). ``potential="mlp"`` or ``"icnn"`` fixes it.
   The race also reads how well the winner's conjugate was solved: above 16 dimensions an MLP
   whose solves ended far from converged (:func:`neural_ot.w2.race.unsolved`; on the tune
   families, log-sum-exp potentials, whose maps are nearly piecewise constant) goes on with
@@ -392,8 +427,8 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
       trainers[race.RECOVERY] = dataclasses.replace(trainers["mlp"], leak=race.RECOVERY_LEAK)
   if opts.mesh is not None:  # a batch split over devices: whole-batch line-search retries
     trainers = {k: dataclasses.replace(t, sharded=True) for k, t in trainers.items()}
-  moments = None if init_map is not None else (gaussian.moments(frame.to_source(pair.src_mom)),
-                                               gaussian.moments(frame.to_target(pair.tgt_mom)))
+  moments = None if init_map is not None else start_moments(frame.to_source(pair.src_mom),
+                                                             frame.to_target(pair.tgt_mom))
   k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
   horizon = steps if steps is not None else START_HORIZON  # re-planned from the step rate
 
