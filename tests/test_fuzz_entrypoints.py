@@ -32,8 +32,8 @@ from neural_ot import cli
 from neural_ot.meta import fit_meta, gaussian_mixture_histograms, grid
 from neural_ot.w2bench import convert
 from neural_ot.w2bench.torch_pt import PtFileError, load_pt
-from _pt_pickle import (pkl_global as _global, pkl_int as _int, pkl_str as _str,
-                        pkl_tuple as _tuple, pt_state_dict as _state_dict, pt_tensor as _tensor)
+from _pt_pickle import (pkl_global as _global, pkl_str as _str,
+                        pt_state_dict as _state_dict, pt_tensor as _tensor)
 
 TABLE = collections.Counter()
 SETTINGS = dict(deadline=None, derandomize=True, database=None,

@@ -2,14 +2,12 @@
 every step, so kills land inside writes too); the checkpoint left behind always loads, and the
 run resumes from it to the same result as an uninterrupted one."""
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
-import jax
 import numpy as np
 import pytest
 

@@ -71,7 +71,7 @@ def test_the_gaussian_start_floors_a_nearly_flat_source():
   there; the start's source covariance has its eigenvalues floored at START_SOURCE_FLOOR of the
   mean (checked against an eigendecomposition), which bounds the slope; a well-conditioned
   source keeps its moments, and the target's are never changed."""
-  from neural_ot.w2 import fit as w2fit
+  from neural_ot.w2 import start as w2fit
   rng = np.random.default_rng(0)
   q = np.linalg.qr(rng.normal(size=(4, 4)))[0]
   x = (rng.normal(size=(20000, 4)) * np.array([1e-3, 1.0, 1.2, 0.8])) @ q.T
@@ -91,6 +91,9 @@ def test_the_gaussian_start_floors_a_nearly_flat_source():
   x2 = rng.normal(size=(5000, 4)) * np.array([0.6, 1.0, 1.2, 0.8])
   np.testing.assert_array_equal(np.asarray(w2fit.start_moments(x2, y)[0][1]),
                                 np.asarray(neural_ot.gaussian.moments(x2)[1]))
+  for bad in (-0.1, 1.0, "0.1", float("nan")):
+    with pytest.raises(ValueError, match="`floor`"):
+      w2fit.start_moments(x2, y, floor=bad)
 
 
 def test_one_dimensional_map_matches_sorting():

@@ -421,7 +421,6 @@ class OWLQNSolver:
   def __call__(self, f: Callable, y: jax.Array, x0: jax.Array | None = None, context=None,
                extra: Callable | None = None) -> ConjugateResult:
     y, x0, context = _inputs("OWLQNSolver", y, x0, context)
-    smooth = _objective(f, y, context, extra)
     l1 = jnp.asarray(self.l1, y.dtype)
     total = lambda x, v: v + l1 * jnp.sum(jnp.abs(x - y), -1)
     lbfgs = ConjugateSolver(history=self.history)  # its two-loop recursion

@@ -177,7 +177,6 @@ class PointCloud:
 
     def generic():
       zero_a = jnp.zeros_like(a)
-      zero_b = jnp.zeros_like(b)
       wc = self._reduce(zero_a, jnp.log(b), 1.0, axis=1, kind="wcost_lin")
       return a @ wc
 
@@ -253,7 +252,6 @@ class PointCloud:
     k, r = keep_pts.shape[0], red_pts.shape[0]
     tr, tc = min(self.tile_rows, k), min(self.tile_cols, r)
     cost = self.cost
-    dtype = jnp.result_type(keep_pot, red_pot)
     red_vec = vec if kind == "apply" else None
 
     def costs(kp, rp):

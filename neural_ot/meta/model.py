@@ -27,7 +27,7 @@ from neural_ot.sinkhorn import Sinkhorn, dual_objective
 from neural_ot.train import TrainState, cosine_schedule
 
 __all__ = ["MetaOT", "MetaTrainer", "fit_meta", "load_meta", "c_transform", "dual_value",
-           "gaussian_init", "geometry"]
+           "gaussian_init", "support_geometry"]
 
 _FORMAT = "neural_ot.MetaOT/1"
 
@@ -72,7 +72,7 @@ def c_transform(f, a, geom, eps):
 
   Args:
     f: ``(n,)`` potential. a: ``(n,)`` weights. geom: a :class:`~neural_ot.PointCloud`
-      (:func:`geometry` of the support). eps: absolute regularisation.
+      (:func:`support_geometry` of the support). eps: absolute regularisation.
   """
   geom = _as_geometry(geom, "c_transform")
   return Sinkhorn().c_transform(geom, a, f, eps)
