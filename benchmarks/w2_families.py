@@ -32,6 +32,7 @@ def main():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--opt", action="append", default=[], help="fit_w2 option key=value")
   p.add_argument("--out", default=None, help="append JSON lines to this file")
+  p.add_argument("--save", default=None, help="save each map to SAVE/<family>_<dim> (W2Map.save)")
   args = p.parse_args()
   names = args.families or family_names(None if args.half == "all" else args.half)
   opts = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.opt)}
@@ -57,12 +58,19 @@ def main():
                  dual_end=d.dual_end, dual_gain_se=d.dual_gain_se,
                  inactive=round(d.inactive_share, 3),
                  heldout_residual=round(d.conj_residual_median / dim ** 0.5, 5),
+                 push_start=round(d.push_start, 5), push_end=round(d.push_end, 5),
+                 push_se=round(d.push_se, 5),
+                 race_push=None if d.choice is None else {
+                     k: round(v.get("push", float("nan")), 5)
+                     for k, v in d.choice["candidates"].items()},
                  choice=None if d.choice is None else {
                      k: round(v["dual"], 5) for k, v in d.choice["candidates"].items()},
                  conj_residual=None if d.choice is None else {
                      k: round(v.get("conj_residual", float("nan")), 5)
                      for k, v in d.choice["candidates"].items()},
                  finetune_iters=mp.trainer.finetune_iters)
+      if args.save:
+        mp.save(f"{args.save}/{name}_{dim}")
       line = json.dumps(row)
       print(line, flush=True)
       if args.out:

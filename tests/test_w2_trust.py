@@ -162,6 +162,7 @@ def test_inactive_units_are_not_flagged_past_a_clear_gain(monkeypatch):
   (a near-Gaussian tune pair at D = 2, 190x better than its Gaussian map with 63 % of its units
   inactive, gained 7.6); under 3 the fit is flagged for the dual alone."""
   monkeypatch.setattr(diagnostics, "inactive_units", lambda *a: (0.8, (0.8, 0.8)))
+  monkeypatch.setattr(diagnostics, "push_distances", lambda *a: (0.01, 0.02, 0.001))
   n = 400
   z = np.random.default_rng(0).normal(size=n)
   z = (z - z.mean()) / z.std()
@@ -198,6 +199,66 @@ def test_a_flagged_fit_names_an_unsolved_conjugate():
   assert d.conj_residual_median / np.sqrt(3) > 0.03
   healthy = diagnostics.diagnose(tr, start, start, x, y)
   assert "conjugate" not in healthy.message and healthy.conj_residual_median < 1e-3
+
+
+def test_the_push_check_is_the_energy_distance_and_overrules_a_dual_that_gained():
+  """``push_distances`` is the energy distance's U-statistic per block (checked against
+  scipy's ``cdist`` on the same blocks). A map whose images are off the target (the start
+  shifted by 1.5 along every axis) is flagged and the start returned, even where its held-out
+  dual gained (an unsolved conjugate makes the dual look better than it is: here the dual
+  terms are given); the start itself is not flagged."""
+  from scipy.spatial.distance import cdist
+  pair = family_pair("lse-box", 3)
+  x, y = (np.asarray(v) for v in pair.pairs(jax.random.PRNGKey(0), 1024))
+  y = np.asarray(pair.sample_target(jax.random.PRNGKey(1), 1024))  # independent of x
+  tr = W2Trainer(potential="mlp", hidden=(8, 8), predictor_hidden=(8,))
+  start = tr.init_state(jax.random.PRNGKey(0), 3, 10, (x.mean(0), np.cov(x.T)),
+                        (y.mean(0), np.cov(y.T))).params
+  off = jax.tree.map(lambda v: v, start)
+  off["f"]["params"]["linear"]["kernel"] = off["f"]["params"]["linear"]["kernel"] + 1.5
+  end, st, se = diagnostics.push_distances(tr, off["f"], start["f"], x, y)
+
+  def energy(a, b):  # the U-statistic, block by block, from scipy's distances
+    k, m = diagnostics.PUSH_BLOCKS, len(a) // diagnostics.PUSH_BLOCKS
+    out = []
+    for i in range(k):
+      u, v = a[i * m:(i + 1) * m], b[i * m:(i + 1) * m]
+      within = lambda w: cdist(w, w).sum() / (m * (m - 1))
+      out.append(2 * cdist(u, v).mean() - within(u) - within(v))
+    return np.array(out)
+  ref_end = energy(np.asarray(tr.transport(off["f"], x), np.float64), y)
+  ref_st = energy(np.asarray(tr.transport(start["f"], x), np.float64), y)
+  np.testing.assert_allclose([end, st], [ref_end.mean(), ref_st.mean()], rtol=2e-3, atol=1e-5)
+  np.testing.assert_allclose(se, np.std(ref_end - ref_st, ddof=1) / np.sqrt(len(ref_end)),
+                             rtol=2e-2)
+  assert diagnostics.push_worse(end, st, se) and end > 10 * st
+  # the dual terms say the shifted map gained 1.0 on its start: the push check overrules them
+  n = len(x)
+  gained = (np.zeros(n) - 1.0, np.zeros(n), np.zeros(n))
+  d = diagnostics.diagnose(tr, off, start, x, y, terms=gained,
+                           start_terms=(np.zeros(n), np.zeros(n)))
+  assert d.dual_gain == pytest.approx(1.0) and d.stalled
+  assert "energy distance" in d.message and d.push_end > d.push_start
+  kept = diagnostics.keep_start(d)
+  assert kept is not None and kept.returned_start and "returned" in kept.message
+  healthy = diagnostics.diagnose(tr, start, start, x, y)
+  assert "energy" not in healthy.message and healthy.push_end == pytest.approx(healthy.push_start)
+  assert diagnostics.keep_start(healthy) is None
+
+
+def test_a_race_winner_whose_images_miss_the_target_falls_back_to_the_other_candidate():
+  """``race.fall_back``: where the winner's pushforward is worse than its start's
+  (``untrusted``) its dual is no yardstick, so the other candidate is returned even with a
+  higher race dual; otherwise only a lower one is; a candidate whose own images missed is
+  never returned."""
+  cand = lambda dual, bad=False: {"dual": dual, "cut_off": False, "push_worse": bad}
+  choice = {"candidates": {"mlp": cand(21.0), "icnn": cand(20.0)}, "chosen": "icnn"}
+  states = {"mlp": None, "icnn": None}
+  assert race.fall_back(choice, states, 19.0) is None
+  name, new = race.fall_back(choice, states, 19.0, untrusted=True)
+  assert name == "mlp" and new["fallback_from"] == "icnn" and new["chosen"] == "mlp"
+  choice["candidates"]["mlp"] = cand(21.0, bad=True)
+  assert race.fall_back(choice, states, 19.0, untrusted=True) is None
 
 
 def test_dead_units_are_flagged():

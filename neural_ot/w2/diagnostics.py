@@ -11,6 +11,10 @@
   the affine Gaussian start, whatever the training metrics say.
 * **Conjugate residuals**: ``|grad f(x*) - y|`` at the local solve's argmax (standardised
   units), the median and 99th percentile.
+* **The pushforward check** (no conjugate): the energy distance between the map's images of
+  held-out source samples and held-out target samples, beside the Gaussian start's
+  (:func:`push_distances`). The held-out dual's ``f*`` comes from a solve, and an unsolved
+  solve makes the dual look better than it is; the map's images need no solve.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import numpy as np
 from neural_ot.potentials.icnn import ACTIVATIONS
 
 __all__ = ["FitDiagnostics", "HeldoutTerms", "heldout_dual_terms", "inactive_units", "diagnose",
-           "cut_off", "warn_if_stalled", "keep_start", "stall_advice"]
+           "cut_off", "warn_if_stalled", "keep_start", "stall_advice", "push_distances",
+           "push_worse"]
 
 # A fit "stalled" when its held-out dual is no better than the Gaussian start's by more than
 # this many standard errors of the paired difference (and by this fraction of the start's
@@ -45,6 +50,16 @@ _CLEAR_GAIN_SE = 5.0
 # training solves ended 14-34 per coordinate from converged and the fit returned its start; the
 # smooth tune families' training solves end under 0.009 (neural_ot.w2.race, session 42).
 _UNSOLVED_RESIDUAL = 0.03
+# A map is flagged, and the start returned, when its images of held-out source samples are
+# farther from the held-out targets than the start's: an energy distance larger by more than
+# this many standard errors of the paired difference and by this factor. Found on the probe
+# family lse-student at D = 32 (session 46): the ICNN ended at forward L2-UVP 186 % against the
+# Gaussian map's 88 %, unflagged, its held-out dual 65 standard errors below the start's with
+# the held-out conjugate unsolved (median residual 0.19 per coordinate); its energy distance
+# was 0.40 against the start's 0.048 (the good fits of that session: 0.3-0.9x the start's).
+_PUSH_SE = 3.0
+_PUSH_RATIO = 1.25
+PUSH_ROWS, PUSH_BLOCKS = 4096, 8
 # ... or when at least this share of its hidden units is inactive, or this share of one layer's
 # (every path from the input to the output of an MLP crosses each layer: one dead layer freezes
 # the network before it; measured, the stalls at D = 48 and at D = 2 with a rate of 1.0 had the
@@ -73,9 +88,12 @@ class FitDiagnostics:
     message: what was seen, in words ("" when nothing was flagged).
     choice: the automatic model choice (``potential="auto"``): candidate names and their
       held-out duals at the end of their race, and the one kept; ``None`` otherwise.
-    returned_start: the trained map's held-out dual was worse than its Gaussian start's, so
-      the fit returned the start (the Gaussian map) instead; the other figures describe the
-      trained map.
+    returned_start: the trained map's held-out dual was worse than its Gaussian start's (or
+      its pushforward was), so the fit returned the start (the Gaussian map) instead; the
+      other figures describe the trained map.
+    push_start, push_end: energy distance (standardised units) between the images of held-out
+      source samples under the Gaussian start and under the map, and held-out target samples
+      (:func:`push_distances`); ``push_se`` the standard error of their difference.
   """
 
   dual_start: float
@@ -90,6 +108,9 @@ class FitDiagnostics:
   message: str = ""
   choice: dict | None = None
   returned_start: bool = False
+  push_start: float = float("nan")
+  push_end: float = float("nan")
+  push_se: float = float("nan")
 
   def as_dict(self) -> dict:
     out = dataclasses.asdict(self)
@@ -130,6 +151,54 @@ def inactive_units(trainer, params_f, x) -> tuple[float, tuple]:
   per = np.asarray(_inactive(trainer, params_f, jnp.asarray(x)), np.float64)
   widths = np.asarray(trainer.hidden, np.float64)
   return float(np.sum(per * widths) / np.sum(widths)), tuple(float(v) for v in per)
+
+
+def _energy_blocks(a, y):
+  """Energy distance between the rows of ``a`` and ``y`` (``(k, m, d)`` each: ``k`` blocks of
+  ``m``), per block: the unbiased U-statistic ``2 E|a - y| - E|a - a'| - E|y - y'|``."""
+  def dist(u, v):
+    sq = jnp.sum(u * u, -1)[:, None] + jnp.sum(v * v, -1)[None] - 2 * u @ v.T
+    return jnp.sqrt(jnp.maximum(sq, 0.0))
+
+  m = a.shape[1]
+
+  def within(u):  # mean over pairs i != j (the diagonal is 0 up to rounding: left out)
+    d = dist(u, u)
+    return (jnp.sum(d) - jnp.trace(d)) / (m * (m - 1))
+
+  one = lambda u, v: 2 * jnp.mean(dist(u, v)) - within(u) - within(v)
+  return jax.vmap(one)(a, y)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _push_blocks(trainer, params_f, start_f, x, y):
+  k = PUSH_BLOCKS
+  m = min(x.shape[0], y.shape[0], PUSH_ROWS) // k
+  blocks = lambda v: v[:k * m].reshape(k, m, -1)
+  yb = blocks(y)
+  return (_energy_blocks(blocks(trainer.transport(params_f, x)), yb),
+          _energy_blocks(blocks(trainer.transport(start_f, x)), yb))
+
+
+def push_distances(trainer, params_f, start_f, x, y) -> tuple[float, float, float]:
+  """``(end, start, se)``: the energy distance between the map ``params_f``'s images of the
+  held-out source rows ``x`` and the held-out target rows ``y`` (standardised units, at most
+  :data:`PUSH_ROWS` of each, in :data:`PUSH_BLOCKS` blocks), the same for the Gaussian start
+  ``start_f``, and the standard error of their paired difference (over the blocks).
+
+  The energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` is zero only when the laws agree
+  and needs neither a solve nor a bandwidth. A map that carries ``P`` onto ``Q`` has images
+  closer to ``Q`` than the Gaussian start's, unless ``Q`` is the start's image already."""
+  end, start = (np.asarray(v, np.float64) for v in _push_blocks(
+      trainer, params_f, start_f, jnp.asarray(x), jnp.asarray(y)))
+  return float(end.mean()), float(start.mean()), float(np.std(end - start, ddof=1)
+                                                       / np.sqrt(len(end)))
+
+
+def push_worse(end: float, start: float, se: float) -> bool:
+  """Whether a map's energy distance ``end`` is clearly above its start's ``start`` (by more
+  than ``_PUSH_SE`` standard errors ``se`` and by the factor ``_PUSH_RATIO``)."""
+  return bool(end - start > _PUSH_SE * se and end > _PUSH_RATIO * start)
 
 
 class HeldoutTerms(NamedTuple):
@@ -186,7 +255,15 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
     start = float(fx0.mean() + fcy0.mean())
     gain = start - end
     se = float(np.sqrt(np.var(fx0 - fx) / len(fx) + np.var(fcy0 - fcy) / len(fcy)))
+  push = (float("nan"),) * 3
+  if start_params is not None and not trainer.context_dim:
+    push = push_distances(trainer, params["f"], start_params["f"], x, y)
   notes = []
+  if push_worse(*push):
+    notes.append(f"the map carries held-out source samples farther from held-out target samples "
+                 f"than its Gaussian start does (energy distance {push[0]:.3g} against "
+                 f"{push[1]:.3g}, standard error of the difference {push[2]:.3g}), whatever its "
+                 f"held-out dual says")
   no_gain = np.isfinite(gain) and gain <= max(_STALL_SE * se, _STALL_REL * abs(start))
   if no_gain:
     notes.append(f"the held-out dual ended no better than the Gaussian start's (gain {gain:.3g}, "
@@ -208,7 +285,8 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
                  f"solver steps), so its training gradients were biased: more solver steps "
                  f"(`finetune_iters`) or a smaller `learning_rate` may train it")
   return FitDiagnostics(start, end, gain, se, share, per, resid_med, resid_99,
-                        bool(notes), "; ".join(notes), choice)
+                        bool(notes), "; ".join(notes), choice, push_start=push[1],
+                        push_end=push[0], push_se=push[2])
 
 
 def keep_start(diag: FitDiagnostics) -> FitDiagnostics | None:
@@ -217,12 +295,17 @@ def keep_start(diag: FitDiagnostics) -> FitDiagnostics | None:
   at D = 128 (5-minute runs, ``benchmarks/RESULTS.md``, issue 27): on every pair whose trained
   map ended above its start's held-out dual (icnn-box, radial-student, quadratic-gauss,
   icnn-student), the start's L2-UVP to the known map was the lower one (1.12 vs 1.14 %,
-  0.39 vs 0.44 %, 0.001 vs 0.026 %, 1.28 vs 1.31 %)."""
-  if not diag.dual_gain < 0:  # also False without a start (nan)
+  0.39 vs 0.44 %, 0.001 vs 0.026 %, 1.28 vs 1.31 %). The start is also kept when the map's
+  pushforward is clearly farther from the target than the start's (:func:`push_worse`; the
+  probe pair lse-student at D = 32, session 46: the ICNN's forward L2-UVP 186 %, the start's
+  88 %)."""
+  pushed = push_worse(diag.push_end, diag.push_start, diag.push_se)
+  if not (diag.dual_gain < 0 or pushed):  # also False without a start (nan)
     return None
-  note = (f"the trained map's held-out dual is higher than its Gaussian start's by "
-          f"{-diag.dual_gain:.3g} (standard error {diag.dual_gain_se:.3g}): the Gaussian start "
-          f"is returned in its place")
+  note = ("the Gaussian start is returned in its place" if pushed and not diag.dual_gain < 0
+          else f"the trained map's held-out dual is higher than its Gaussian start's by "
+               f"{-diag.dual_gain:.3g} (standard error {diag.dual_gain_se:.3g}): the Gaussian "
+               f"start is returned in its place")
   message = "; ".join(m for m in (diag.message, note) if m)
   return dataclasses.replace(diag, stalled=True, message=message, returned_start=True)
 

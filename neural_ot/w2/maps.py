@@ -65,10 +65,7 @@ class Frame(NamedTuple):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _transport(trainer, params_f, x):
-  grad = jax.vmap(jax.grad(trainer.potential_fn(params_f)))(x)
-  if trainer.cost is None:
-    return grad
-  return x - trainer.displacement(x - grad)  # x - grad h*(grad f), f = |x|^2 / 2 - psi
+  return trainer.transport(params_f, x)
 
 
 @functools.partial(jax.jit, static_argnums=0)

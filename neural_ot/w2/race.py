@@ -168,12 +168,18 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
                                **_budget(steps, max_seconds))
       fx, fcy = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)[:2]
       share, per = diagnostics.inactive_units(trainer, state.params["f"], x_held)
+      push = diagnostics.push_distances(trainer, state.params["f"], start(trainer).params["f"],
+                                        x_held, y_held)
       results[name] = {"dual": float(jnp.mean(fx) + jnp.mean(fcy)), "inactive_share": share,
                        "cut_off": diagnostics.cut_off(share, per) and not trainer.leak,
                        "steps": int(state.step),
-                       "conj_residual": conjugate_residual(hist, x_held.shape[1])}
+                       "conj_residual": conjugate_residual(hist, x_held.shape[1]),
+                       "push": push[0], "push_start": push[1],
+                       "push_worse": diagnostics.push_worse(*push)}
       states[name] = (state, hist)
-    live = [n for n in results if not results[n]["cut_off"]]
+    # passed over: a network cut off by inactive units, or a map that carries the held-out
+    # source farther from the target than its start (its dual gain is then not evidence)
+    live = [n for n in results if not (results[n]["cut_off"] or results[n]["push_worse"])]
     best = min(live or list(results), key=lambda n: results[n]["dual"])
     kept = _keep_mlp(best, live, results, trainers, start, x_held, y_held)
     best = "mlp" if kept else best
@@ -207,13 +213,17 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
   return trainer, state, hist, done, states
 
 
-def fall_back(choice: dict, states: dict, dual_end: float):
+def fall_back(choice: dict, states: dict, dual_end: float, untrusted: bool = False):
   """The race candidate to return instead of the winner, or ``None``: a late stall (measured:
   an MLP that ran 79,000 steps at its peak rate ended at its start) can leave the winner worse
   than a candidate after its race. Returns ``(name, new choice)`` for the candidate (raced in
-  this call, not cut off) with the lowest held-out dual below ``dual_end``."""
+  this call, not cut off, its pushforward not worse than its start's) with the lowest held-out
+  dual below ``dual_end``, or with the lowest held-out dual when the winner is ``untrusted``
+  (its pushforward ended worse than its start's: :func:`neural_ot.w2.diagnostics.push_worse`,
+  so its dual is no yardstick)."""
   others = {n: r for n, r in choice["candidates"].items() if n != choice["chosen"]
-            and n in states and not r["cut_off"] and r["dual"] < dual_end}
+            and n in states and not r["cut_off"] and not r.get("push_worse")
+            and (untrusted or r["dual"] < dual_end)}
   if not others:
     return None
   name = min(others, key=lambda n: others[n]["dual"])

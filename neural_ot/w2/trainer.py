@@ -342,6 +342,12 @@ class W2Trainer:
     """``f(x)`` of one point (``f(x, c)`` for conditional networks)."""
     return lambda *args: self.f_module.apply(params_f, *args)
 
+  def transport(self, params_f, x: jax.Array) -> jax.Array:
+    """The map at standardised rows ``x: (n, d)``: ``grad f(x)`` (W2), ``x - grad h*(x - grad
+    f(x))`` for a translation-invariant cost (``f = |x|^2 / 2 - psi``)."""
+    grad = jax.vmap(jax.grad(self.potential_fn(params_f)))(x)
+    return grad if self.cost is None else x - self.displacement(x - grad)
+
   def predict(self, params_g, y: jax.Array, c: jax.Array | None = None) -> jax.Array:
     return self.g_module.apply(params_g, y, *(() if c is None else (c,)))
 
