@@ -17,7 +17,10 @@ What ``fit_w2(source, target)`` does with no options:
   moment-matched Gaussians, and trains with a cosine schedule that fits ``steps`` or the
   ``max_seconds`` budget;
 * measures the result on held-out samples (:mod:`neural_ot.w2.diagnostics`) and warns when it
-  ended no better than its Gaussian start or with its network cut off by inactive units.
+  ended no better than its Gaussian start, with its network cut off by inactive units, or with
+  its images of held-out source samples farther from the held-out targets than the start's
+  (an energy distance: no conjugate solve, which an unsolved one would flatter); in the last
+  case, and where the held-out dual is worse than the start's, the start is returned.
 """
 
 from __future__ import annotations

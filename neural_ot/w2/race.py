@@ -6,7 +6,9 @@ rule on ``dim`` can choose. Each candidate trains for :data:`SHARE` of the run (
 seconds) from the same Gaussian start, and the one with the lowest held-out dual
 (:func:`neural_ot.w2.diagnostics.heldout_dual_terms`, no known map needed) goes on; where the
 MLP is the dimension's default, the ICNN needs a clear margin for that (:func:`keeps_mlp`). A
-candidate whose network is cut off by inactive units is passed over; a cut-off plain MLP is
+candidate whose network is cut off by inactive units, or whose images of held-out source
+samples are farther from the targets than its start's
+(:func:`neural_ot.w2.diagnostics.push_worse`), is passed over; a cut-off plain MLP is
 restarted once with leaky units (:data:`RECOVERY`). The result is recorded in ``race.json``
 beside the checkpoints, so a resumed run does not race again.
 
