@@ -241,6 +241,8 @@ def test_the_push_check_is_the_energy_distance_and_overrules_a_dual_that_gained(
   assert "energy distance" in d.message and d.push_end > d.push_start
   kept = diagnostics.keep_start(d)
   assert kept is not None and kept.returned_start and "returned" in kept.message
+  with pytest.warns(RuntimeWarning, match="went astray"):
+    diagnostics.warn_if_stalled(kept)
   healthy = diagnostics.diagnose(tr, start, start, x, y)
   assert "energy" not in healthy.message and healthy.push_end == pytest.approx(healthy.push_start)
   assert diagnostics.keep_start(healthy) is None

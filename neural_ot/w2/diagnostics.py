@@ -328,8 +328,12 @@ def stall_advice(trainer=None) -> str:
 def warn_if_stalled(diag: FitDiagnostics, who: str = "fit_w2", trainer=None) -> None:
   """A ``RuntimeWarning`` naming what was seen, when :attr:`FitDiagnostics.stalled`, and what
   to try for ``trainer`` (:func:`stall_advice`)."""
-  if diag.stalled:
-    warnings.warn(
-        f"{who}: {diag.message}. If the measures are close to Gaussian-related this is the right "
-        f"answer; otherwise training stalled: try {stall_advice(trainer)} (map.diagnostics has "
-        f"the figures).", RuntimeWarning, stacklevel=3)
+  if not diag.stalled:
+    return
+  if push_worse(diag.push_end, diag.push_start, diag.push_se):  # not a stall: it went astray
+    lead = "The trained map went astray (it does not carry the source onto the target)"
+  else:
+    lead = ("If the measures are close to Gaussian-related this is the right answer; otherwise "
+            "training stalled")
+  warnings.warn(f"{who}: {diag.message}. {lead}: try {stall_advice(trainer)} (map.diagnostics "
+                f"has the figures).", RuntimeWarning, stacklevel=3)
