@@ -63,6 +63,11 @@ def main():
                  race_push=None if d.choice is None else {
                      k: round(v.get("push", float("nan")), 5)
                      for k, v in d.choice["candidates"].items()},
+                 race_push_start=None if d.choice is None else {
+                     k: round(v.get("push_start", float("nan")), 5)
+                     for k, v in d.choice["candidates"].items()},
+                 race_push_worse=None if d.choice is None else {
+                     k: v.get("push_worse") for k, v in d.choice["candidates"].items()},
                  choice=None if d.choice is None else {
                      k: round(v["dual"], 5) for k, v in d.choice["candidates"].items()},
                  conj_residual=None if d.choice is None else {

@@ -460,8 +460,7 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
   terms = diagnostics.heldout_dual_terms(trainer, mp.params, x_held, y_held)
   diag = diagnostics.diagnose(trainer, mp.params, gaussian_start(trainer), x_held, y_held, choice,
                               terms, start_terms(trainer))
-  untrusted = diagnostics.push_worse(diag.push_end, diag.push_start, diag.push_se)
-  back = race.fall_back(choice, race_states, diag.dual_end, untrusted) if racing else None
+  back = race.fall_back(choice, race_states, diag.dual_end, diag.push_flagged) if racing else None
   if back is not None:
     name, choice = back
     trainer, (state, hist) = trainers[name], race_states[name]
