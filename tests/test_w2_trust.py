@@ -273,6 +273,37 @@ def test_images_a_little_farther_are_flagged_only_where_the_conjugate_is_unsolve
   assert flagged.stalled and diagnostics.keep_start(flagged).returned_start
 
 
+@pytest.mark.parametrize("icnn_solved", [False, True])
+def test_the_race_passes_over_a_lead_made_with_an_unsolved_conjugate(monkeypatch, icnn_solved):
+  """The ICNN leads the race by its held-out dual with images 1.7x as far from the target as
+  the start's: passed over (the MLP goes on) where its held-out conjugate is unsolved, kept
+  where it is solved (images a little off a tenth into a run are common on fits that end
+  well)."""
+  dim, n = 128, 64
+  x = np.zeros((n, dim))
+  tr = {"mlp": W2Trainer(potential="mlp", hidden=(4,), predictor_hidden=(4,)),
+        "icnn": W2Trainer(potential="icnn", hidden=(4,), predictor_hidden=(4,))}
+  icnn_resid = (0.01 if icnn_solved else 0.3) * np.sqrt(dim)
+
+  def terms(trainer, params, xh, yh):
+    dual = {"mlp": 1.0, "icnn": 0.5}[trainer.potential]
+    resid = icnn_resid if trainer.potential == "icnn" else 0.0
+    return np.full(n, dual), np.zeros(n), np.full(n, resid), np.zeros(n)
+
+  pushes = {"mlp": (0.02, 0.03, 0.001), "icnn": (0.05, 0.03, 0.001)}
+  monkeypatch.setattr(diagnostics, "heldout_dual_terms", terms)
+  monkeypatch.setattr(diagnostics, "inactive_units", lambda *a: (0.0, (0.0,)))
+  monkeypatch.setattr(diagnostics, "push_distances", lambda t, *a: pushes[t.potential])
+  start = lambda t: t.init_state(jax.random.PRNGKey(0), dim, 10)
+  out = race.race(tr, start, lambda t, s, **kw: (s, []), lambda name: None,
+                  lambda t: t.potential, x, x, steps=1000, max_seconds=None, resume=False,
+                  progress=False)
+  choice = out[3]
+  assert choice["candidates"]["icnn"]["push_worse"] is (not icnn_solved)
+  assert not choice["candidates"]["mlp"]["push_worse"]
+  assert choice["chosen"] == ("icnn" if icnn_solved else "mlp")
+
+
 def test_a_race_winner_whose_images_miss_the_target_falls_back_to_the_other_candidate():
   """``race.fall_back``: where the winner's pushforward is worse than its start's
   (``untrusted``) its dual is no yardstick, so the other candidate is returned even with a

@@ -32,7 +32,7 @@ from neural_ot.potentials.icnn import ACTIVATIONS
 
 __all__ = ["FitDiagnostics", "HeldoutTerms", "heldout_dual_terms", "inactive_units", "diagnose",
            "cut_off", "warn_if_stalled", "keep_start", "stall_advice", "push_distances",
-           "push_worse"]
+           "push_worse", "solved"]
 
 # A fit "stalled" when its held-out dual is no better than the Gaussian start's by more than
 # this many standard errors of the paired difference (and by this fraction of the start's
@@ -208,6 +208,12 @@ def push_distances(trainer, params_f, start_f, x, y) -> tuple[float, float, floa
                                                        / np.sqrt(len(end)))
 
 
+def solved(resid, dim: int) -> bool:
+  """Whether held-out conjugate solves with residuals ``resid`` (``|grad f(x*) - y|`` per row,
+  standardised units) count as solved: median per coordinate at most ``_UNSOLVED_RESIDUAL``."""
+  return not float(np.median(np.asarray(resid, np.float64))) / np.sqrt(dim) > _UNSOLVED_RESIDUAL
+
+
 def push_worse(end: float, start: float, se: float, solved: bool = False) -> bool:
   """Whether a map's energy distance ``end`` is clearly above its start's ``start``: by more
   than ``_PUSH_SE`` standard errors ``se`` and by the factor ``_PUSH_RATIO`` on the start's
@@ -276,7 +282,7 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
     push = push_distances(trainer, params["f"], start_params["f"], x, y)
   notes = []
   per_coord = resid_med / np.sqrt(x.shape[1])
-  pushed = push_worse(*push, solved=not per_coord > _UNSOLVED_RESIDUAL)
+  pushed = push_worse(*push, solved=solved(resid, x.shape[1]))
   if pushed:
     notes.append(f"the map carries held-out source samples farther from held-out target samples "
                  f"than its Gaussian start does (energy distance {push[0]:.3g} against "

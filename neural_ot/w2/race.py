@@ -6,7 +6,9 @@ rule on ``dim`` can choose. Each candidate trains for :data:`SHARE` of the run (
 seconds) from the same Gaussian start, and the one with the lowest held-out dual
 (:func:`neural_ot.w2.diagnostics.heldout_dual_terms`, no known map needed) goes on; where the
 MLP is the dimension's default, the ICNN needs a clear margin for that (:func:`keeps_mlp`). A
-candidate whose network is cut off by inactive units is passed over; a cut-off plain MLP is
+candidate whose network is cut off by inactive units, or whose held-out conjugate is unsolved
+and images of held-out source samples farther from the targets than its start's
+(:func:`neural_ot.w2.diagnostics.push_worse`), is passed over; a cut-off plain MLP is
 restarted once with leaky units (:data:`RECOVERY`). The result is recorded in ``race.json``
 beside the checkpoints, so a resumed run does not race again.
 
@@ -166,7 +168,7 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
         continue  # the restart runs only when the MLP's network was cut off
       state, hist = train_part(trainer, start(trainer), checkpoint=f"race-{name}.msgpack",
                                **_budget(steps, max_seconds))
-      fx, fcy = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)[:2]
+      fx, fcy, resid = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)[:3]
       share, per = diagnostics.inactive_units(trainer, state.params["f"], x_held)
       push = diagnostics.push_distances(trainer, state.params["f"], start(trainer).params["f"],
                                         x_held, y_held)
@@ -175,12 +177,15 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
                        "steps": int(state.step),
                        "conj_residual": conjugate_residual(hist, x_held.shape[1]),
                        "push": push[0], "push_start": push[1],
-                       "push_worse": diagnostics.push_worse(*push, solved=True)}
+                       "push_worse": diagnostics.push_worse(
+                           *push, solved=diagnostics.solved(resid, x_held.shape[1]))}
       states[name] = (state, hist)
-    # Passed over: a network cut off by inactive units. (Images farther from the target than
-    # the start's are recorded, not passed over: a tenth into the run they were seen on
-    # candidates that go on to fit, e.g. the ICNN of held-out radial-student at D = 16.)
-    live = [n for n in results if not results[n]["cut_off"]]
+    # Passed over: a network cut off by inactive units, or images farther from the target than
+    # the start's where the held-out conjugate is unsolved (the dual is then no yardstick:
+    # probe lse-student at D = 32, the ICNN won a race by its dual and ended at 186 % forward
+    # L2-UVP; where it is solved, images a little off a tenth into the run are common on
+    # candidates that go on to fit, e.g. the ICNN of held-out radial-student at D = 16).
+    live = [n for n in results if not (results[n]["cut_off"] or results[n]["push_worse"])]
     best = min(live or list(results), key=lambda n: results[n]["dual"])
     kept = _keep_mlp(best, live, results, trainers, start, x_held, y_held)
     best = "mlp" if kept else best
@@ -221,9 +226,7 @@ def fall_back(choice: dict, states: dict, dual_end: float, untrusted: bool = Fal
   this call, not cut off, its pushforward not worse than its start's) with the lowest held-out
   dual below ``dual_end``, or with the lowest held-out dual when the winner is ``untrusted``
   (its pushforward ended worse than its start's: ``FitDiagnostics.push_flagged``, so its dual
-  is no yardstick). A candidate's own images count as worse at the stricter ratio
-  (:func:`neural_ot.w2.diagnostics.push_worse` with ``solved=True``): a tenth into the run,
-  images a little off are common on candidates that go on to fit."""
+  is no yardstick)."""
   others = {n: r for n, r in choice["candidates"].items() if n != choice["chosen"]
             and n in states and not r["cut_off"] and not r.get("push_worse")
             and (untrusted or r["dual"] < dual_end)}
