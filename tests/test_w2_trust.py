@@ -246,6 +246,12 @@ def test_the_push_check_is_the_energy_distance_and_overrules_a_dual_that_gained(
   healthy = diagnostics.diagnose(tr, start, start, x, y)
   assert "energy" not in healthy.message and healthy.push_end == pytest.approx(healthy.push_start)
   assert diagnostics.keep_start(healthy) is None and not healthy.push_flagged
+  for bad_x, bad_y, what in ((x[:, 0], y, "`x` must be an \\(n, d\\)"), (x[:10], y, "n >= 16"),
+                             (x, y[:, :2], "same number of columns")):
+    with pytest.raises(ValueError, match=what):
+      diagnostics.push_distances(tr, start["f"], start["f"], bad_x, bad_y)
+  few = diagnostics.diagnose(tr, start, start, x[:10], y[:10])  # too few rows: no check
+  assert np.isnan(few.push_end) and not few.push_flagged
 
 
 def test_images_a_little_farther_are_flagged_only_where_the_conjugate_is_unsolved(monkeypatch):

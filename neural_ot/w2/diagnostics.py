@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from neural_ot.geometry.costs import SqEuclidean
 from neural_ot.potentials.icnn import ACTIVATIONS
 
 __all__ = ["FitDiagnostics", "HeldoutTerms", "heldout_dual_terms", "inactive_units", "diagnose",
@@ -167,9 +168,7 @@ def inactive_units(trainer, params_f, x) -> tuple[float, tuple]:
 def _energy_blocks(a, y):
   """Energy distance between the rows of ``a`` and ``y`` (``(k, m, d)`` each: ``k`` blocks of
   ``m``), per block: the unbiased U-statistic ``2 E|a - y| - E|a - a'| - E|y - y'|``."""
-  def dist(u, v):
-    sq = jnp.sum(u * u, -1)[:, None] + jnp.sum(v * v, -1)[None] - 2 * u @ v.T
-    return jnp.sqrt(jnp.maximum(sq, 0.0))
+  dist = lambda u, v: jnp.sqrt(jnp.maximum(SqEuclidean().pairwise(u, v), 0.0))
 
   m = a.shape[1]
 
@@ -202,9 +201,17 @@ def push_distances(trainer, params_f, start_f, x, y) -> tuple[float, float, floa
 
   The energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` is zero only when the laws agree
   and needs neither a solve nor a bandwidth. A map that carries ``P`` onto ``Q`` has images
-  closer to ``Q`` than the Gaussian start's, unless ``Q`` is the start's image already."""
-  end, start = (np.asarray(v, np.float64) for v in _push_blocks(
-      trainer, params_f, start_f, jnp.asarray(x), jnp.asarray(y)))
+  closer to ``Q`` than the Gaussian start's, unless ``Q`` is the start's image already.
+  ``x`` and ``y`` need at least ``2 * PUSH_BLOCKS`` rows each."""
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  for name, v in (("x", x), ("y", y)):
+    if v.ndim != 2 or v.shape[0] < 2 * PUSH_BLOCKS:
+      raise ValueError(f"push_distances: `{name}` must be an (n, d) array with n >= "
+                       f"{2 * PUSH_BLOCKS}, got shape {tuple(v.shape)}.")
+  if x.shape[1] != y.shape[1]:
+    raise ValueError(f"push_distances: `x` and `y` must have the same number of columns, got "
+                     f"{x.shape[1]} and {y.shape[1]}.")
+  end, start = (np.asarray(v, np.float64) for v in _push_blocks(trainer, params_f, start_f, x, y))
   return float(end.mean()), float(start.mean()), float(np.std(end - start, ddof=1)
                                                        / np.sqrt(len(end)))
 
@@ -279,7 +286,8 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
     gain = start - end
     se = float(np.sqrt(np.var(fx0 - fx) / len(fx) + np.var(fcy0 - fcy) / len(fcy)))
   push = (float("nan"),) * 3
-  if start_params is not None and not trainer.context_dim:
+  if (start_params is not None and not trainer.context_dim
+      and min(x.shape[0], y.shape[0]) >= 2 * PUSH_BLOCKS):  # (a few held-out rows: no check)
     push = push_distances(trainer, params["f"], start_params["f"], x, y)
   notes = []
   per_coord = resid_med / np.sqrt(x.shape[1])
