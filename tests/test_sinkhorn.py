@@ -403,6 +403,86 @@ def test_non_convergence_is_reported_not_raised():
   assert float(out.marginal_error) > 1e-6
 
 
+def _far_out(n=512, d=8, scale=200.0):
+  """A heavy-tailed cloud with three points moved far out (``C_ij / eps`` up to ~1e5 at eps =
+  the target's variance), against a Gaussian: the failure of stop 46's check (NaN)."""
+  k = jax.random.split(jax.random.PRNGKey(0), 2)
+  y = 2.0 * jax.random.normal(k[0], (n, d))
+  x = (2.0 * jax.random.t(k[1], 2.0, (n, d))).at[:3].mul(scale)
+  return x, y, float(jnp.var(y, axis=0).sum())
+
+
+@pytest.mark.parametrize("scale_eps", [1.0, 0.1])
+def test_far_out_points_converge_to_ott(scale_eps):
+  """The loop's kernel sums are clipped, so a far point used to climb 69 eps per iteration
+  from ``f = 0`` while over-relaxation overshot it into overflow: NaN after 55-588 iterations
+  here. The zeros start's first iteration in log-sum-exp form puts it in place at once."""
+  x, y, var = _far_out()
+  eps = scale_eps * var
+  out = neural_ot.sinkhorn(x, y, epsilon=eps, tol=1e-3)
+  ref, _ = _ott(x, y, None, None, eps)
+  assert bool(out.converged) and int(out.n_iters) < 200, int(out.n_iters)
+  np.testing.assert_allclose(float(out.reg_ot_cost), float(ref.reg_ot_cost), rtol=1e-4)
+  div = neural_ot.sinkhorn_divergence(x, y, epsilon=eps)
+  assert np.isfinite(float(div)) and float(div) > 0
+
+
+def test_small_eps_from_zeros_converges_to_ott():
+  """Gaussian clouds at eps = 1e-3 x the mean cost: the zeros start's first kernel sums
+  underflow on some rows, and the clipped first step with over-relaxation after it ended in
+  NaN (36 iterations) on this seed."""
+  k = jax.random.split(jax.random.PRNGKey(2), 2)
+  x = jax.random.normal(k[0], (1000, 2))
+  y = 0.5 * jax.random.normal(k[1], (1000, 2)) + 1.0
+  eps = 1e-3 * float(jnp.mean(jnp.sum((x[:, None] - y[None]) ** 2, -1)))
+  out = neural_ot.sinkhorn(x, y, epsilon=eps, tol=1e-3)
+  ref = ott_sinkhorn.Sinkhorn(threshold=1e-4, max_iterations=20000)(
+      linear_problem.LinearProblem(ott_pc.PointCloud(x, y, epsilon=eps)))
+  assert bool(out.converged) and int(out.n_iters) < int(ref.n_iters) / 3, int(out.n_iters)
+  np.testing.assert_allclose(float(out.reg_ot_cost), float(ref.reg_ot_cost), rtol=1e-5)
+
+
+def test_heavy_tails_give_ott_cost_not_a_converged_wrong_one():
+  """Student-t (2 degrees of freedom) against a Gaussian, n = 4000: a few rows' first kernel
+  sums underflowed, each left an L1 error of only 1 / n, and the old solve stopped "converged"
+  at 1e-3 with reg_ot_cost 43.7 where ott-jax (and this solve now) give 147.3."""
+  k = jax.random.split(jax.random.PRNGKey(1), 2)
+  y = 0.5 * jax.random.normal(k[1], (4000, 2)) + 1.0
+  x = jax.random.t(k[0], 2.0, (4000, 2))
+  mean_cost = jnp.mean(jnp.sum(x**2, 1)) + jnp.mean(jnp.sum(y**2, 1)) - 2 * x.mean(0) @ y.mean(0)
+  eps = 0.01 * float(mean_cost)
+  out = neural_ot.sinkhorn(x, y, epsilon=eps, tol=1e-3)
+  ref = ott_sinkhorn.Sinkhorn(threshold=1e-4, max_iterations=5000)(
+      linear_problem.LinearProblem(ott_pc.PointCloud(x, y, epsilon=eps)))
+  assert bool(out.converged)
+  np.testing.assert_allclose(float(out.reg_ot_cost), float(ref.reg_ot_cost), rtol=1e-4)
+
+
+def test_a_warm_start_far_from_far_out_points_does_not_overflow():
+  """From a start that leaves a far point at ``f = 0`` (no log-sum-exp first iteration),
+  steps longer than 30 eps are not over-relaxed: before, their overshoot overflowed (NaN)."""
+  x, y, var = _far_out(scale=50.0)
+  zeros = jnp.zeros(x.shape[0])
+  out = neural_ot.sinkhorn(x, y, epsilon=var, init=(zeros, None), init_check=False)
+  ref, _ = _ott(x, y, None, None, var)
+  assert bool(out.converged) and not bool(out.diverged)
+  np.testing.assert_allclose(float(out.reg_ot_cost), float(ref.reg_ot_cost), rtol=1e-4)
+
+
+def test_the_log_sum_exp_first_iteration_is_the_plain_one_on_spread_data():
+  """From zeros the first iteration now runs in log-sum-exp form inside ``init``; where no
+  kernel sum is clipped it is the plain iteration, so counts, errors and potentials agree."""
+  x, y, a, b = _problem()
+  opts = dict(epsilon=0.5, tol=1e-6, record_errors=True)
+  new = neural_ot.sinkhorn(x, y, a, b, **opts)
+  old = neural_ot.sinkhorn(x, y, a, b, init=(jnp.zeros(x.shape[0]), None), init_check=False,
+                           **opts)
+  assert int(new.n_iters) == int(old.n_iters) > 5
+  k = int(new.n_iters)
+  np.testing.assert_allclose(new.errors[:k], old.errors[:k], rtol=1e-3, atol=1e-6)  # f32 floor
+  np.testing.assert_allclose(_centered(new.f), _centered(old.f), atol=1e-4)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(y=np.zeros((5, 3))), "same dimension"),
     (dict(a=-np.ones(6) / 6 + np.eye(6)[0] * 2), "`a` must be non-negative"),
