@@ -47,8 +47,14 @@ def run_fit_map(pair, seconds, seed, **opts):
   m = neural_ot.fit_map(pair.sample_source, pair.sample_target, cost=pair.extras["cost"],
                         max_seconds=seconds, seed=seed, progress=False, **opts)
   steps = m.history[-1]["step"] if m.history else 0
-  return m.transport, m.inverse, time.perf_counter() - t, {
-      "steps": steps, "potential": m.trainer.potential}
+  extra = {"steps": steps, "potential": m.trainer.potential}
+  diag = getattr(m, "diagnostics", None)
+  if diag is not None:  # the checks a user sees: stall, start returned, images vs the start's
+    extra.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in (
+        ("stalled", diag.stalled), ("returned_start", diag.returned_start),
+        ("push_start", diag.push_start), ("push_end", diag.push_end),
+        ("push_se", diag.push_se), ("push_flagged", diag.push_flagged))})
+  return m.transport, m.inverse, time.perf_counter() - t, extra
 
 
 class _Budget(Exception):
