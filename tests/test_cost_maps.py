@@ -219,6 +219,25 @@ def test_fit_map_with_a_subquadratic_cost_learns_a_contraction():
   assert err(m.transport(x[:500]), y[:500]) < 0.1 * err(x[:500], y[:500])
   quad = m.params["f"]["params"]["quad"]
   np.testing.assert_array_equal(quad, np.eye(2))  # the quadratic term did not train
+  # no Gaussian start here: the pushforward check compares with the identity start (NaN before)
+  d = m.diagnostics
+  assert np.isnan(d.dual_start) and not d.push_flagged and not d.returned_start
+  assert d.push_end < 0.02 * d.push_start, (d.push_end, d.push_start)  # (a U-statistic: may be < 0)
+
+
+def test_a_cost_map_that_went_astray_returns_its_identity_start(monkeypatch):
+  """Where the pushforward check fires on a map without a Gaussian start, the start it was
+  compared with (the identity) is returned, with a warning naming it."""
+  from neural_ot.w2 import diagnostics
+  monkeypatch.setattr(diagnostics, "push_worse", lambda *a, **k: True)
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3000, 2)))
+  y = 0.5 * x + 1.0
+  with pytest.warns(RuntimeWarning, match="went astray"):
+    m = neural_ot.fit_map(x, y, cost=PNorm(2, 1.5), steps=100, batch_size=256, progress=False)
+  d = m.diagnostics
+  assert d.returned_start and d.push_flagged and "start (the identity map)" in d.message
+  np.testing.assert_allclose(m.transport(x[:200]), x[:200], atol=1e-4)
+  assert np.isfinite(m.w2)
 
 
 def test_growth_and_fixed_quadratic_refuse_bad_values_by_name():

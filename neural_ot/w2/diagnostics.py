@@ -264,10 +264,12 @@ def heldout_dual_terms(trainer, params, x, y, discrete: bool = True) -> HeldoutT
 
 
 def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
-             start_terms=None) -> FitDiagnostics:
+             start_terms=None, push_params=None) -> FitDiagnostics:
   """Diagnostics of ``params`` against its Gaussian start ``start_params`` on held-out
   standardised samples ``x ~ P``, ``y ~ Q`` (the same rows for both, so the difference of the
-  duals is paired). ``start_params`` may be ``None`` (no Gaussian start): no stall test.
+  duals is paired). ``start_params`` may be ``None`` (no Gaussian start): no stall test, and
+  the pushforward check compares with ``push_params`` (the identity start of the ``|x - y|^p``
+  costs' maps), if given.
   ``terms``, ``start_terms``: ``heldout_dual_terms(trainer, params, x, y)`` and the same for
   ``start_params``, when the caller has them."""
   x, y = jnp.asarray(x), jnp.asarray(y)
@@ -286,15 +288,16 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
     gain = start - end
     se = float(np.sqrt(np.var(fx0 - fx) / len(fx) + np.var(fcy0 - fcy) / len(fcy)))
   push = (float("nan"),) * 3
-  if (start_params is not None and not trainer.context_dim
+  ref = start_params if start_params is not None else push_params
+  if (ref is not None and not trainer.context_dim
       and min(x.shape[0], y.shape[0]) >= 2 * PUSH_BLOCKS):  # (a few held-out rows: no check)
-    push = push_distances(trainer, params["f"], start_params["f"], x, y)
+    push = push_distances(trainer, params["f"], ref["f"], x, y)
   notes = []
   per_coord = resid_med / np.sqrt(x.shape[1])
   pushed = push_worse(*push, solved=solved(resid, x.shape[1]))
   if pushed:
     notes.append(f"the map carries held-out source samples farther from held-out target samples "
-                 f"than its Gaussian start does (energy distance {push[0]:.3g} against "
+                 f"than its {_start_name(start)} does (energy distance {push[0]:.3g} against "
                  f"{push[1]:.3g}, standard error of the difference {push[2]:.3g}), whatever its "
                  f"held-out dual says")
   no_gain = np.isfinite(gain) and gain <= max(_STALL_SE * se, _STALL_REL * abs(start))
@@ -321,6 +324,12 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
                         push_end=push[0], push_se=push[2], push_flagged=pushed)
 
 
+def _start_name(dual_start: float) -> str:
+  """The start a fit compares with: the Gaussian map where its held-out dual was measured, else
+  the trainer's own (identity) start."""
+  return "Gaussian start" if np.isfinite(dual_start) else "start (the identity map)"
+
+
 def keep_start(diag: FitDiagnostics) -> FitDiagnostics | None:
   """The diagnostics of a fit that returns its Gaussian start instead of the trained map, or
   ``None``: the start is kept when the trained map's held-out dual is higher (worse). Measured
@@ -334,7 +343,8 @@ def keep_start(diag: FitDiagnostics) -> FitDiagnostics | None:
   pushed = diag.push_flagged
   if not (diag.dual_gain < 0 or pushed):  # also False without a start (nan)
     return None
-  note = ("the Gaussian start is returned in its place" if pushed and not diag.dual_gain < 0
+  note = (f"the {_start_name(diag.dual_start)} is returned in its place"
+          if pushed and not diag.dual_gain < 0
           else f"the trained map's held-out dual is higher than its Gaussian start's by "
                f"{-diag.dual_gain:.3g} (standard error {diag.dual_gain_se:.3g}): the Gaussian "
                f"start is returned in its place")

@@ -457,9 +457,12 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
   mp = make_map(trainer, state, history)
   gaussian_start = lambda t: start(t).params if t.init == "gaussian" and init_map is None \
       else None
+  # without a Gaussian start (the |x - y|^p costs start at the identity) the pushforward check
+  # compares with the trainer's own start
+  own_start = lambda t: start(t).params if init_map is None else None
   terms = diagnostics.heldout_dual_terms(trainer, mp.params, x_held, y_held)
   diag = diagnostics.diagnose(trainer, mp.params, gaussian_start(trainer), x_held, y_held, choice,
-                              terms, start_terms(trainer))
+                              terms, start_terms(trainer), own_start(trainer))
   back = race.fall_back(choice, race_states, diag.dual_end, diag.push_flagged) if racing else None
   if back is not None:
     name, choice = back
@@ -467,11 +470,13 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
     mp = make_map(trainer, state, hist)
     terms = diagnostics.heldout_dual_terms(trainer, mp.params, x_held, y_held)
     diag = diagnostics.diagnose(trainer, mp.params, gaussian_start(trainer), x_held, y_held,
-                                choice, terms, start_terms(trainer))
+                                choice, terms, start_terms(trainer), own_start(trainer))
   kept = diagnostics.keep_start(diag)
-  if kept is not None:  # the trained map is worse than its Gaussian start: return the start
-    diag, terms = kept, start_terms(trainer)
+  if kept is not None:  # the trained map is worse than its start: return the start
     mp = make_map(trainer, start(trainer), mp.history)
+    diag, terms = kept, start_terms(trainer)
+    if terms is None:  # an identity start (no Gaussian one)
+      terms = diagnostics.heldout_dual_terms(trainer, mp.params, x_held, y_held)
   _warn_if_map_diverged(mp, pair.src_held, pair.tgt_held, who)
   diagnostics.warn_if_stalled(diag, who, trainer)
   # the diagnostics' local solve is the estimate's conjugate (the same held-out rows)
