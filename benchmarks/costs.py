@@ -28,7 +28,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import neural_ot
 from neural_ot.w2bench import baselines, evaluate

@@ -14,7 +14,6 @@ import ast
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from neural_ot.conjugate import ConjugateSolver
 from neural_ot.w2 import fit_w2

@@ -11,6 +11,7 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
 import neural_ot
+from neural_ot.sinkhorn import relax as relax_lib
 from neural_ot.tracing import trace_count
 from _problems import weighted_clouds
 
@@ -236,14 +237,13 @@ def test_adaptive_momentum_at_small_epsilon_and_from_warm_starts():
 def _rate_at_the_switch(errs):
   """``(lam, omega)`` that ``momentum="auto"`` sets at iteration 20 after the plain errors
   ``errs[0..20]``."""
-  solver = neural_ot.Sinkhorn(tol=1e-9)
   dt = jnp.float32
   omega, lam, err_ref, err_span, warmup = (jnp.array(1.0, dt), jnp.array(0.0, dt),
                                            jnp.array(jnp.inf, dt), jnp.array(jnp.inf, dt),
                                            jnp.array(20, jnp.int32))
   eps = jnp.array(0.1, dt)
   for k, e in enumerate(errs):
-    omega, lam, err_ref, err_span, warmup, _ = solver._adapt_omega(
+    omega, lam, err_ref, err_span, warmup, _ = relax_lib.adapt_omega(
         jnp.array(k, jnp.int32), jnp.array(e, dt), omega, lam, err_ref, err_span, warmup, eps,
         eps)
   return float(lam), float(omega)
@@ -274,14 +274,13 @@ def test_adaptive_momentum_goes_past_1_8_only_near_the_fixed_point():
   # L1 error of 1.4 at the switch) omega stays at the cap 1.8: on a d = 2 point cloud at
   # eps = 1e-3 x mean cost, 1.9 there blew the error up to 1e9. Near it (error 0.05), SOR's
   # local theory holds and omega is the rate's optimum, capped at 1.9.
-  from neural_ot.sinkhorn import solver as solver_lib
   slow = 0.998
   best = 2 / (1 + np.sqrt(1 - slow))
-  assert best > solver_lib.OMEGA_LOCAL > solver_lib.OMEGA_MAX
+  assert best > relax_lib.OMEGA_LOCAL > relax_lib.OMEGA_MAX
   _, far = _rate_at_the_switch([1.4 * slow ** k for k in range(21)])
   _, near = _rate_at_the_switch([0.05 * slow ** k for k in range(21)])
-  np.testing.assert_allclose(far, solver_lib.OMEGA_MAX, rtol=1e-6)
-  np.testing.assert_allclose(near, solver_lib.OMEGA_LOCAL, rtol=1e-6)
+  np.testing.assert_allclose(far, relax_lib.OMEGA_MAX, rtol=1e-6)
+  np.testing.assert_allclose(near, relax_lib.OMEGA_LOCAL, rtol=1e-6)
   # A fast rate's optimum is under both caps: the same omega either way.
   _, far = _rate_at_the_switch([1.4 * 0.9 ** k for k in range(21)])
   _, near = _rate_at_the_switch([0.05 * 0.9 ** k for k in range(21)])
@@ -293,14 +292,13 @@ def test_over_relaxation_near_the_fixed_point_cuts_iterations_at_small_eps(monke
   # Two elongated clusters to a Gaussian, eps = 1e-3 x mean cost: the plain rate is so slow
   # that omega's optimum is above 1.8. With omega allowed up to 1.9 near the fixed point the
   # solve reaches the same point in fewer iterations (measured: 591 -> 361, 863 -> 511).
-  from neural_ot.sinkhorn import solver as solver_lib
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
   x = jax.random.normal(k1, (300, 2)) * jnp.array([1.0, 0.3]) + jnp.where(
       jax.random.bernoulli(k3, 0.5, (300, 1)), 2.0, -2.0)
   y = jax.random.normal(k2, (340, 2))
   opts = dict(epsilon=1e-3, relative_epsilon=True, tol=1e-4, max_iters=5000)
   now = neural_ot.sinkhorn(x, y, **opts)
-  monkeypatch.setattr(solver_lib, "OMEGA_LOCAL", solver_lib.OMEGA_MAX)
+  monkeypatch.setattr(relax_lib, "OMEGA_LOCAL", relax_lib.OMEGA_MAX)
   jax.clear_caches()  # the cap is read when the solver is traced
   capped = neural_ot.sinkhorn(x, y, **opts)
   jax.clear_caches()

@@ -502,3 +502,24 @@ def test_quad_lr_scale_scales_the_quadratic_terms_step_only(potential):
     W2Trainer(quad_lr_scale=-1.0)
   with pytest.raises(ValueError, match="`quad_lr_scale`"):
     W2Trainer(quad_lr_scale="x")
+
+
+def test_a_fine_tune_is_checked_against_the_map_it_began_from(monkeypatch):
+  """A fine-tune (``init_map``) has no Gaussian start: its images are compared with those of the
+  map it began from, and where they went astray that map is returned, unchanged."""
+  pair = family_pair("lse-box", 2)  # learned in 600 steps (the test above)
+  x, y = (np.asarray(v) for v in pair.pairs(jax.random.PRNGKey(0), 2000))
+  y = y[::-1]  # (unpaired)
+  m = neural_ot.fit_w2(x, y, steps=600, potential="mlp", **SMALL)
+  assert not m.diagnostics.stalled
+  opts = dict(batch_size=128, progress=False)
+  tuned = neural_ot.fit_w2(x, y, init_map=m, steps=30, **opts)
+  d = tuned.diagnostics
+  assert d.reference == "map it was fine-tuned from" and np.isfinite(d.push_end)
+  assert not d.push_flagged and d.push_end <= d.push_start + 4 * d.push_se
+  monkeypatch.setattr(diagnostics, "push_worse", lambda *a, **k: True)
+  with pytest.warns(RuntimeWarning, match="went astray"):
+    back = neural_ot.fit_w2(x, y, init_map=m, steps=30, **opts)
+  assert back.diagnostics.returned_start
+  assert "the map it was fine-tuned from is returned" in back.diagnostics.message
+  np.testing.assert_allclose(back.transport(x[:100]), m.transport(x[:100]), atol=1e-5)

@@ -99,12 +99,15 @@ class FitDiagnostics:
     choice: the automatic model choice (``potential="auto"``): candidate names and their
       held-out duals at the end of their race, and the one kept; ``None`` otherwise.
     returned_start: the trained map's held-out dual was worse than its Gaussian start's (or
-      its pushforward was), so the fit returned the start (the Gaussian map) instead; the
-      other figures describe the trained map.
+      its pushforward was than its :attr:`reference`'s), so the fit returned that start
+      instead; the other figures describe the trained map.
     push_start, push_end: energy distance (standardised units) between the images of held-out
-      source samples under the Gaussian start and under the map, and held-out target samples
-      (:func:`push_distances`); ``push_se`` the standard error of their difference;
+      source samples under the :attr:`reference` and under the map, and held-out target
+      samples (:func:`push_distances`); ``push_se`` the standard error of their difference;
       ``push_flagged`` whether the map's images were clearly the farther (:func:`push_worse`).
+    reference: the start the map was compared with: ``"Gaussian start"``, ``"identity
+      start"`` (the ``|x - y|^p`` costs' maps) or ``"map it was fine-tuned from"``
+      (``init_map``).
   """
 
   dual_start: float
@@ -123,6 +126,7 @@ class FitDiagnostics:
   push_end: float = float("nan")
   push_se: float = float("nan")
   push_flagged: bool = False
+  reference: str = "Gaussian start"
 
   def as_dict(self) -> dict:
     out = dataclasses.asdict(self)
@@ -264,12 +268,13 @@ def heldout_dual_terms(trainer, params, x, y, discrete: bool = True) -> HeldoutT
 
 
 def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
-             start_terms=None, push_params=None) -> FitDiagnostics:
+             start_terms=None, push_params=None,
+             reference: str = "Gaussian start") -> FitDiagnostics:
   """Diagnostics of ``params`` against its Gaussian start ``start_params`` on held-out
   standardised samples ``x ~ P``, ``y ~ Q`` (the same rows for both, so the difference of the
   duals is paired). ``start_params`` may be ``None`` (no Gaussian start): no stall test, and
-  the pushforward check compares with ``push_params`` (the identity start of the ``|x - y|^p``
-  costs' maps), if given.
+  the pushforward check compares with ``push_params`` (named ``reference``: the identity start
+  of the ``|x - y|^p`` costs' maps, or the map a fine-tune started from), if given.
   ``terms``, ``start_terms``: ``heldout_dual_terms(trainer, params, x, y)`` and the same for
   ``start_params``, when the caller has them."""
   x, y = jnp.asarray(x), jnp.asarray(y)
@@ -289,6 +294,7 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
     se = float(np.sqrt(np.var(fx0 - fx) / len(fx) + np.var(fcy0 - fcy) / len(fcy)))
   push = (float("nan"),) * 3
   ref = start_params if start_params is not None else push_params
+  reference = "Gaussian start" if start_params is not None else reference
   if (ref is not None and not trainer.context_dim
       and min(x.shape[0], y.shape[0]) >= 2 * PUSH_BLOCKS):  # (a few held-out rows: no check)
     push = push_distances(trainer, params["f"], ref["f"], x, y)
@@ -297,7 +303,7 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
   pushed = push_worse(*push, solved=solved(resid, x.shape[1]))
   if pushed:
     notes.append(f"the map carries held-out source samples farther from held-out target samples "
-                 f"than its {_start_name(start)} does (energy distance {push[0]:.3g} against "
+                 f"than its {reference} does (energy distance {push[0]:.3g} against "
                  f"{push[1]:.3g}, standard error of the difference {push[2]:.3g}), whatever its "
                  f"held-out dual says")
   no_gain = np.isfinite(gain) and gain <= max(_STALL_SE * se, _STALL_REL * abs(start))
@@ -321,13 +327,8 @@ def diagnose(trainer, params, start_params, x, y, choice=None, terms=None,
                  f"(`finetune_iters`) or a smaller `learning_rate` may train it")
   return FitDiagnostics(start, end, gain, se, share, per, resid_med, resid_99,
                         bool(notes), "; ".join(notes), choice, push_start=push[1],
-                        push_end=push[0], push_se=push[2], push_flagged=pushed)
-
-
-def _start_name(dual_start: float) -> str:
-  """The start a fit compares with: the Gaussian map where its held-out dual was measured, else
-  the trainer's own (identity) start."""
-  return "Gaussian start" if np.isfinite(dual_start) else "start (the identity map)"
+                        push_end=push[0], push_se=push[2], push_flagged=pushed,
+                        reference=reference)
 
 
 def keep_start(diag: FitDiagnostics) -> FitDiagnostics | None:
@@ -343,7 +344,7 @@ def keep_start(diag: FitDiagnostics) -> FitDiagnostics | None:
   pushed = diag.push_flagged
   if not (diag.dual_gain < 0 or pushed):  # also False without a start (nan)
     return None
-  note = (f"the {_start_name(diag.dual_start)} is returned in its place"
+  note = (f"the {diag.reference} is returned in its place"
           if pushed and not diag.dual_gain < 0
           else f"the trained map's held-out dual is higher than its Gaussian start's by "
                f"{-diag.dual_gain:.3g} (standard error {diag.dual_gain_se:.3g}): the Gaussian "

@@ -457,12 +457,14 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
   mp = make_map(trainer, state, history)
   gaussian_start = lambda t: start(t).params if t.init == "gaussian" and init_map is None \
       else None
-  # without a Gaussian start (the |x - y|^p costs start at the identity) the pushforward check
-  # compares with the trainer's own start
-  own_start = lambda t: start(t).params if init_map is None else None
+  # without a Gaussian start the pushforward check compares with the trainer's own start: the
+  # identity (|x - y|^p costs) or the map a fine-tune began from
+  own_start = lambda t: start(t).params
+  reference = lambda t: ("map it was fine-tuned from" if init_map is not None else
+                         "Gaussian start" if t.init == "gaussian" else f"{t.init} start")
   terms = diagnostics.heldout_dual_terms(trainer, mp.params, x_held, y_held)
   diag = diagnostics.diagnose(trainer, mp.params, gaussian_start(trainer), x_held, y_held, choice,
-                              terms, start_terms(trainer), own_start(trainer))
+                              terms, start_terms(trainer), own_start(trainer), reference(trainer))
   back = race.fall_back(choice, race_states, diag.dual_end, diag.push_flagged) if racing else None
   if back is not None:
     name, choice = back
@@ -470,7 +472,8 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
     mp = make_map(trainer, state, hist)
     terms = diagnostics.heldout_dual_terms(trainer, mp.params, x_held, y_held)
     diag = diagnostics.diagnose(trainer, mp.params, gaussian_start(trainer), x_held, y_held,
-                                choice, terms, start_terms(trainer), own_start(trainer))
+                                choice, terms, start_terms(trainer), own_start(trainer),
+                                reference(trainer))
   kept = diagnostics.keep_start(diag)
   if kept is not None:  # the trained map is worse than its start: return the start
     mp = make_map(trainer, start(trainer), mp.history)
