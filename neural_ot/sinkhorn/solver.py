@@ -199,10 +199,11 @@ class Sinkhorn:
       axis 0 select this mode by themselves.
     axis_name: the mesh axis to split along (default: the mesh's only axis).
     init_check: with a warm start (``init``), also build the zeros start and keep whichever
-      has the smaller first marginal error (one c-transform and two error passes, about 1.5
-      iterations of work, not counted in ``n_iters``): a warm start that is worse than zeros
-      from the first iteration on (a Meta OT prediction for a problem unlike its training
-      set) is replaced. A NaN or inf warm start still ends the solve as ``diverged``.
+      has the smaller next marginal error (the zeros start, which has done its first iteration
+      in log-sum-exp form and counts it, then two error passes: about 3-5 iterations of work,
+      not counted in ``n_iters``): a warm start that is worse than zeros from the first
+      iteration on (a Meta OT prediction for a problem unlike its training set) is replaced.
+      A NaN or inf warm start still ends the solve as ``diverged``.
   """
 
   tol: float = 1e-3
