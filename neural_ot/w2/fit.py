@@ -478,7 +478,7 @@ def _fit(who, source, target, cost, standardize, init_map, options) -> W2Map:
   if kept is not None:  # the trained map is worse than its start: return the start
     mp = make_map(trainer, start(trainer), mp.history)
     diag, terms = kept, start_terms(trainer)
-    if terms is None:  # an identity start (no Gaussian one)
+    if terms is None:  # no Gaussian start: the identity, or the map a fine-tune began from
       terms = diagnostics.heldout_dual_terms(trainer, mp.params, x_held, y_held)
   _warn_if_map_diverged(mp, pair.src_held, pair.tgt_held, who)
   diagnostics.warn_if_stalled(diag, who, trainer)
