@@ -103,6 +103,7 @@ class MetaOT:
   params: Any
   history: tuple = ()
   base: str = "gaussian"
+  sparse_cells: bool = True  # the multiscale base's rule (coarsen_or_none); False: before 2026-12-08
 
   @property
   def net(self):
@@ -111,8 +112,8 @@ class MetaOT:
   @functools.cached_property
   def coarse(self):
     """The support's cells (:func:`~neural_ot.meta.starts.coarsen`) for ``base="multiscale"``."""
-    return (coarsen_or_none(self.support, self.epsilon) if self.base == "multiscale"
-            else None)
+    return (coarsen_or_none(self.support, self.epsilon, sparse_cells=self.sparse_cells)
+            if self.base == "multiscale" else None)
 
   def _check(self, h, name):
     h = _validation.as_float_array(h, name).astype(jnp.float32)
@@ -142,7 +143,8 @@ class MetaOT:
 
   def save(self, path: str) -> None:
     meta = {"format": _FORMAT, "epsilon": self.epsilon, "hidden": list(self.hidden),
-            "history": list(self.history), "base": self.base}
+            "history": list(self.history), "base": self.base,
+            "sparse_cells": self.sparse_cells}
     io.save_atomic(path, {"meta": json.dumps(meta), "support": np.asarray(self.support),
                                   "params": jax.tree.map(np.asarray, self.params)})
 
@@ -177,7 +179,8 @@ def load_meta(path: str) -> MetaOT:
   if meta.get("format") != _FORMAT:
     raise ValueError(f"load_meta: {path!r} is not a neural_ot Meta OT file.")
   return MetaOT(jnp.asarray(raw["support"]), float(meta["epsilon"]), tuple(meta["hidden"]),
-                jax.tree.map(jnp.asarray, raw["params"]), tuple(meta["history"]), meta["base"])
+                jax.tree.map(jnp.asarray, raw["params"]), tuple(meta["history"]), meta["base"],
+                bool(meta.get("sparse_cells", False)))  # files of before 2026-12-08: False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,10 +359,14 @@ def fit_meta(pairs: Callable, support, epsilon: float, *, learning_rate: float =
   k_init, k_data = jax.random.split(key)
   state = trainer.init_state(k_init, jnp.asarray(a0[0], jnp.float32),
                              jnp.asarray(b0[0], jnp.float32), steps)
+  # A coarse level solved at a larger epsilon (sparse cells) is a different base from the
+  # Gaussian start that such supports had before 2026-12-08: their checkpoints are not resumed.
+  sparse = {} if coarse is None or coarse.min_epsilon is None else {
+      "coarse_min_epsilon": float(coarse.min_epsilon)}
   fingerprint = opts.fingerprint(
       dataclasses.asdict(trainer), support=train.data_fingerprint(support),
       pairs=getattr(pairs, "__qualname__", type(pairs).__name__) + " "
-      + train.data_fingerprint(a0, b0))
+      + train.data_fingerprint(a0, b0), **sparse)
 
   def make_model(st, history=()):
     return MetaOT(support, trainer.epsilon, trainer.hidden, st.params, tuple(history), base)

@@ -9,11 +9,15 @@ potential is extended to every support point by two exact c-transforms (coarse `
 
 Measured (``benchmarks/RESULTS.md``, session 39, eps 0.01): on 16 x 16 and 28 x 28 grids this
 start reaches marginal error 1e-2 in 0-3.5 fine iterations on mixtures, rings, random smooth
-fields and digits (zeros 16-37, the Gaussian start 5-30). On an 8 x 8 grid (eps small against
-the cells' spacing) it was worse than the Gaussian start, so where the coarse cells are
-farther apart than ``sqrt(3 eps)`` the start is the Gaussian one. Of its candidates (two coarse
-problems and the Gaussian start) it keeps the one with the smallest first marginal error. It is
-what a Meta OT network adds its correction to (``fit_meta(base="multiscale")``, the default).
+fields and digits (zeros 16-37, the Gaussian start 5-30). Where the coarse cells are farther
+apart than ``sqrt(3 eps)`` (an 8 x 8 grid at eps 0.01, a 16 x 16 grid at eps 0.003) the coarse
+problem at ``eps`` cannot resolve the entropic blur (at eps 0.01 on 8 x 8 it was worse than
+the Gaussian start), so it is solved at the cells' squared spacing / 3 instead, a blurrier
+problem, and extended at ``eps`` (session 48: mean iterations to 1e-2 on 8 x 8 digits 26 ->
+11, random smooth fields 37 -> 18; on 8 x 8 mixtures at eps 0.003 23 -> 27). Of its
+candidates (two coarse problems and the Gaussian start) it keeps the one with the smallest
+first marginal error. It is what a Meta OT network adds its correction to
+(``fit_meta(base="multiscale")``, the default).
 """
 
 from __future__ import annotations
@@ -42,23 +46,31 @@ def gaussian_init(x, a, b):
 
 
 class Coarsening(NamedTuple):
-  """Cells of a support: ``ids: (n,)`` cell of each point, ``points: (k, d)`` centroids."""
+  """Cells of a support: ``ids: (n,)`` cell of each point, ``points: (k, d)`` centroids, and
+  ``min_epsilon``, the smallest regularisation the coarse problem is solved at (its cells'
+  squared spacing / 3; ``None``: the fine problem's)."""
   ids: jax.Array
   points: jax.Array
+  min_epsilon: jax.Array | None = None
 
 
-# Coarse cells at most sqrt(3 eps) apart: on 16 x 16 grids at eps 0.01 (cells 1/8 apart, a
-# squared spacing of 1.6 eps) the multiscale start took 1-4 iterations to 1e-2 against the
-# Gaussian start's 5-32; on the 8 x 8 grid (1/4 apart, 6.25 eps) it took more than the Gaussian
-# start (mixtures 9.5 against 5; digits, Meta OT trained on it: 16.5 against 10).
+# Coarse cells at most sqrt(3 eps) apart are solved at eps: on 16 x 16 grids at eps 0.01
+# (cells 1/8 apart, a squared spacing of 1.6 eps) the multiscale start took 1-4 iterations to
+# 1e-2 against the Gaussian start's 5-32; on the 8 x 8 grid (1/4 apart, 6.25 eps) it took more
+# than the Gaussian start (mixtures 9.5 against 5; digits, Meta OT trained on it: 16.5 against
+# 10). Cells farther apart are solved at spacing^2 / 3 (the same bound, as a floor on the coarse
+# eps): 8 x 8 digits at eps 0.01, 28 -> 9.5 median iterations to 1e-2 (session 48).
 _MAX_CELL_COST = 3.0
 
 
-def coarsen_or_none(support, epsilon) -> Coarsening | None:
-  """:func:`coarsen`, or ``None`` where no coarser level helps: a support too small to
-  coarsen (fewer than ``2^(d+1)`` points) or cells farther apart than ``sqrt(3 epsilon)``
-  (their median nearest-neighbour spacing; a coarse problem that cannot resolve the entropic
-  blur). The multiscale start is then the Gaussian start."""
+def coarsen_or_none(support, epsilon, *, sparse_cells: bool = True) -> Coarsening | None:
+  """:func:`coarsen`, or ``None`` where no coarser level exists: a support too small to
+  coarsen (fewer than ``2^(d+1)`` points, or a single cell). The multiscale start is then the
+  Gaussian start. Where the cells are farther apart than ``sqrt(3 epsilon)`` (their median
+  nearest-neighbour spacing), the coarse problem is solved at ``spacing^2 / 3`` instead of
+  ``epsilon`` (``min_epsilon``): at ``epsilon`` it cannot resolve the entropic blur.
+  ``sparse_cells=False`` gives ``None`` there instead (the rule before 2026-12-08, kept for
+  Meta OT models trained under it)."""
   n, d = np.shape(support)
   if n < 2 ** (d + 1):
     return None
@@ -66,7 +78,11 @@ def coarsen_or_none(support, epsilon) -> Coarsening | None:
   if len(coarse.points) < 2:
     return None
   spacing = _nn_spacing(np.asarray(coarse.points, np.float64))
-  return coarse if spacing ** 2 <= _MAX_CELL_COST * float(epsilon) else None
+  if spacing ** 2 <= _MAX_CELL_COST * float(epsilon):
+    return coarse
+  if not sparse_cells:
+    return None
+  return coarse._replace(min_epsilon=jnp.asarray(spacing ** 2 / _MAX_CELL_COST, jnp.float32))
 
 
 def _nn_spacing(pts: np.ndarray) -> float:
@@ -113,11 +129,12 @@ def coarsen(support) -> Coarsening:
   return Coarsening(jnp.asarray(ids, jnp.int32), jnp.asarray(cents, jnp.float32))
 
 
-def _extended(support, cx, ac, cy, bc, b, epsilon, solver):
+def _extended(support, cx, ac, cy, bc, b, epsilon, solver, min_epsilon=None):
   """Solve the coarse problem ``(cx, ac) -> (cy, bc)`` from its Gaussian start; extend its
   ``f`` to ``g`` at every support point, then to ``f`` there (two exact c-transforms)."""
   geom_c = PointCloud.create(cx, cy, SqEuclidean(), online=False)
-  out = solver.solve(geom_c, ac, bc, epsilon, init=(gaussian_potential(cx, ac, cy, bc), None))
+  eps_c = epsilon if min_epsilon is None else jnp.maximum(epsilon, min_epsilon)
+  out = solver.solve(geom_c, ac, bc, eps_c, init=(gaussian_potential(cx, ac, cy, bc), None))
   cross = PointCloud.create(cx, support, SqEuclidean(), online=False)
   g = solver.c_transform(cross, ac, out.f, epsilon)
   fine = PointCloud.create(support, support, SqEuclidean(), online=False)
@@ -134,10 +151,11 @@ def multiscale_start(support, coarse: Coarsening, a, b, epsilon, *, tol: float =
   ``b``, each extended to the support, and the Gaussian start. Measured (session 39, eps
   0.01, median iterations to 1e-2 over 20 pairs): the centroids won on mixtures (1 against 2
   on a 16 x 16 grid), the centres of mass on random smooth fields (3.5 against 13.5) and
-  rings (1 against 3). On an 8 x 8 grid, whose cells are 1/4 apart (cost 6 eps), the
-  Gaussian start took fewer iterations (5 against 7-9.5) but has the larger first error, so
-  the choice there costs iterations (6.5 on mixtures). A non-finite candidate (a diverged
-  coarse solve) is never kept.
+  rings (1 against 3). Where the cells are sparse (``coarse.min_epsilon``), the coarse
+  problems are solved at that larger epsilon. The first error does not always order the
+  candidates as their iterations do: on 8 x 8 mixtures at eps 0.003 the coarse candidates won
+  it and took more iterations to 1e-2 (mean 26.6 against the Gaussian start's 23.1). A
+  non-finite candidate (a diverged coarse solve) is never kept.
   """
   k = coarse.points.shape[0]
   ac = jax.ops.segment_sum(a, coarse.ids, num_segments=k)
@@ -150,8 +168,10 @@ def multiscale_start(support, coarse: Coarsening, a, b, epsilon, *, tol: float =
   solver = Sinkhorn(tol=tol, max_iters=max_iters, init_check=False)
   fine = PointCloud.create(support, support, SqEuclidean(), online=False)
   candidates = jnp.stack([
-      _extended(support, coarse.points, ac, coarse.points, bc, b, epsilon, solver),
-      _extended(support, centre(a, ac), ac, centre(b, bc), bc, b, epsilon, solver),
+      _extended(support, coarse.points, ac, coarse.points, bc, b, epsilon, solver,
+                coarse.min_epsilon),
+      _extended(support, centre(a, ac), ac, centre(b, bc), bc, b, epsilon, solver,
+                coarse.min_epsilon),
       gaussian_init(support, a, b)])
 
   def first_error(f):  # the solver's own measure of a start (as for `init_check`)
@@ -166,8 +186,9 @@ def multiscale_init(support, a, b, epsilon: float, *, tol: float = 1e-2):
   """A Sinkhorn start for histograms on a fixed support, without training: the potential of
   a coarser problem (:func:`coarsen`) solved to ``tol`` and extended to every point, or the
   Gaussian start (:func:`gaussian_init`) where that has the smaller first marginal error, or
-  where no coarser level helps (:func:`coarsen_or_none`: a support of fewer than ``2^(d+1)``
-  points, or cells farther apart than ``sqrt(3 epsilon)``).
+  where no coarser level exists (:func:`coarsen_or_none`: a support of fewer than
+  ``2^(d+1)`` points). Cells farther apart than ``sqrt(3 epsilon)`` are solved at their
+  squared spacing / 3.
 
   Args:
     support: ``(n, d)`` points. a, b: ``(n,)`` histograms or batches ``(k, n)``.

@@ -284,6 +284,7 @@ class Sinkhorn:
     it = jnp.zeros((), jnp.int32)
     errors = jnp.full((self.max_iters if self.record_errors else 0,), -1.0, dtype)
     invalid = _input_invalid(geom, a, b, eps)
+    err = jnp.array(jnp.inf, dtype)  # the last measured error: none yet from a warm start
     if f0 is None and g0 is None:
       f0 = jnp.zeros(n, dtype)
       g = self.c_transform(geom, a, f0, eps0)
@@ -295,14 +296,14 @@ class Sinkhorn:
       f0 = jnp.where(step, f1, f0)
       g = jnp.where(step, self.c_transform(geom, a, f1, eps0), g)
       it = step.astype(jnp.int32)
+      err = jnp.where(invalid, err, err0.astype(dtype))  # zeros' error at iteration 0
       if self.record_errors:
         errors = errors.at[0].set(jnp.where(step, err0, -1.0))
     else:
       if f0 is None:
         f0 = self._f_stable(geom, b, g0, eps0)
       g = self.c_transform(geom, a, f0, eps0)
-    return SinkhornState(it, f0.astype(dtype), g.astype(dtype),
-                         jnp.array(jnp.inf, dtype), jnp.array(False), errors,
+    return SinkhornState(it, f0.astype(dtype), g.astype(dtype), err, jnp.array(False), errors,
                          jnp.array(1.0 if self.momentum == "auto" else self.momentum, dtype),
                          jnp.array(jnp.inf, dtype), jnp.array(0.0, dtype),
                          jnp.array(0.0, dtype), jnp.array(jnp.inf, dtype),

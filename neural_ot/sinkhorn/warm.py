@@ -2,10 +2,14 @@
 
 A warm start (a Meta OT prediction, the solution of a nearby problem) usually saves iterations;
 one made for a different problem can cost them. :func:`better_start` builds the zeros start
-beside it and keeps whichever has the smaller next marginal error. The zeros start has done
-its first iteration (three log-sum-exp passes, :meth:`Sinkhorn.init`) and counts it, so a warm
-start is kept where it is at least one iteration ahead; with the two error passes, about 3-5
-iterations of work (a log-sum-exp pass costs 1.1-2.5 kernel sums, an iteration two).
+beside it and keeps whichever has the smaller first marginal error: the warm start's, against
+the error zeros have before their first iteration (which :meth:`Sinkhorn.init` does, in
+log-sum-exp form, and counts). Its work: the zeros start's three log-sum-exp passes (each
+1.1-2.5 kernel sums; an iteration is two) and the warm start's error pass.
+
+Stop 47 compared with the zeros start's error after that iteration instead: a warm start had
+to be one iteration ahead, and good starts were replaced (8 x 8 digits, eps 0.01, the Gaussian
+start: median iterations to 1e-2 17.5 unchecked, 31 checked; zeros 32.5). Session 48.
 """
 
 from __future__ import annotations
@@ -31,6 +35,6 @@ def better_start(solver, geom, a, b, eps, warm):
   sg = jax.lax.stop_gradient
   zeros = solver.init(geom, a, b, eps)
   e_warm = sg(first_error(solver, geom, a, b, eps, warm))
-  e_zero = sg(first_error(solver, geom, a, b, eps, zeros))
+  e_zero = sg(zeros.err)  # measured at iteration 0, before the iteration init has done
   keep = (e_warm <= e_zero) | ~jnp.isfinite(e_warm)
   return jax.tree.map(lambda w, z: jnp.where(keep, w, z), warm, zeros)

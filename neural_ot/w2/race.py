@@ -100,9 +100,9 @@ def conjugate_residual(history, dim: int) -> float:
 
 def unsolved(trainer, residual: float, dim: int) -> bool:
   """Whether a race candidate's conjugate solves ended unsolved and the rest of the run should
-  get longer ones: the non-convex MLP of a W2 fit (the only case this was measured on) above
-  :data:`HARD_SOLVE_MIN_DIM` dimensions with a residual above :data:`HARD_SOLVE_RESIDUAL`."""
-  return (trainer.potential == "mlp" and trainer.cost is None and dim > HARD_SOLVE_MIN_DIM
+  get longer ones: the potential (MLP or ICNN) of a W2 fit above :data:`HARD_SOLVE_MIN_DIM`
+  dimensions with a residual above :data:`HARD_SOLVE_RESIDUAL`."""
+  return (trainer.cost is None and dim > HARD_SOLVE_MIN_DIM
           and bool(residual > HARD_SOLVE_RESIDUAL))
 
 
@@ -194,7 +194,8 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
       done["mlp_kept"] = kept
     if unsolved(trainers[best], results[best]["conj_residual"], x_held.shape[1]):
       done["finetune_iters"] = HARD_SOLVE_FACTOR * trainers[best].finetune_iters
-      if widen and HARD_WIDTH_MIN_DIM <= x_held.shape[1] <= HARD_WIDTH_MAX_DIM:
+      if (widen and trainers[best].potential == "mlp"
+          and HARD_WIDTH_MIN_DIM <= x_held.shape[1] <= HARD_WIDTH_MAX_DIM):
         done["hidden"] = [HARD_WIDTH_FACTOR * int(h) for h in trainers[best].hidden]
     if record:
       io.write_json_atomic(record, {"fingerprint": key, "choice": done})
