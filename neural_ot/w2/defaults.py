@@ -49,7 +49,7 @@ def default_options(dim: int, n: int | None = None, potential: str | None = None
     of 2290-2784 (diverged) with 1.0 and 114-118 with 0.1 (``benchmarks/RESULTS.md``, session
     38). Not measured at D <= 64 nor for conditional fits, where it stays 1.
   * Batch 256 (capped by ``n``); the conjugate: 10 L-BFGS steps to ``|grad| < 1e-3`` (a
-    race that finds the MLP's solves unsolved doubles them: :mod:`neural_ot.w2.race`).
+    race that finds the winner's solves unsolved doubles them: :mod:`neural_ot.w2.race`).
   * ``l1_cost=True`` (``fit_map`` with a cost that has an ``l1`` part, e.g. ``ElasticL1``): 5
     orthant-wise L-BFGS steps instead of 10 (tune family ``elastic-gmm``, D = 8 and 16, 60 s:
     forward / inverse L2-UVP 0.11 / 0.13 % and 0.38 / 0.33 % against 0.17 / 0.18 % and

@@ -12,11 +12,11 @@ and images of held-out source samples farther from the targets than its start's
 restarted once with leaky units (:data:`RECOVERY`). The result is recorded in ``race.json``
 beside the checkpoints, so a resumed run does not race again.
 
-The race also measures how well the winner's conjugate was solved: where the MLP's solves end
-far from converged above 16 dimensions (:func:`unsolved`), the rest of the run gives them
+The race also measures how well the winner's conjugate was solved: where its solves end far
+from converged above 16 dimensions (:func:`unsolved`), the rest of the run gives them
 :data:`HARD_SOLVE_FACTOR` times the steps (and the map's inverse, which defaults to the
-training solve, does too) and, from 33 to 64 dimensions, a network :data:`HARD_WIDTH_FACTOR`
-times wider, from its Gaussian start.
+training solve, does too) and, for the MLP from 33 to 64 dimensions, a network
+:data:`HARD_WIDTH_FACTOR` times wider, from its Gaussian start.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ HARD_SOLVE_RESIDUAL = 0.03
 HARD_SOLVE_FACTOR = 2
 # At D = 16 the longer solves cost steps for nothing (lse-box, 300 s: forward / inverse 0.102 /
 # 0.968 % with 10 steps, 0.150 / 0.983 % with 20); at D = 32 they halved the forward error
-# (9.92 / 15.4 -> 4.93 / 3.74 %).
+# (9.92 / 15.4 -> 4.93 / 3.74 %). The ICNN too (session 48): on the probe pair ridges-box at
+# D = 32, where the race chose it with a residual of 0.12, 5 minutes gave 0.62 / 1.70 % against
+# 0.77 / 3.41 % with 10 steps (benchmarks/RESULTS.md, sessions 46 and 48).
 HARD_SOLVE_MIN_DIM = 16
 # ... and, from 33 to HARD_WIDTH_MAX_DIM dimensions, the network is widened by this factor and
 # restarted from its Gaussian start: the unsolved pairs' maps are nearly piecewise constant
