@@ -149,16 +149,19 @@ class MetaOT:
                                   "params": jax.tree.map(np.asarray, self.params)})
 
 
-def _potential(net, params, a, b, support, coarse, eps, base):
-  f = net.apply(params, a, b)
-  if base == "gaussian":
+def _base(a, b, support, coarse, eps, base):
+  """What the network's output corrects for one pair, centred (the dual ignores shifts)."""
+  if base == "zeros":
+    return jnp.zeros_like(a)
+  if base == "multiscale" and coarse is not None:
+    f0 = multiscale_start(support, coarse, a, b, eps)
+  else:  # "gaussian", or no coarser level (a tiny support)
     f0 = gaussian_init(support, a, b)
-    f = f + jax.lax.stop_gradient(f0 - jnp.dot(f0, a))  # centred: the dual ignores shifts
-  elif base == "multiscale":  # centred; no coarser level (tiny support): the Gaussian start
-    f0 = (gaussian_init(support, a, b) if coarse is None
-          else multiscale_start(support, coarse, a, b, eps))
-    f = f + jax.lax.stop_gradient(f0 - jnp.dot(f0, a))
-  return f
+  return jax.lax.stop_gradient(f0 - jnp.dot(f0, a))
+
+
+def _potential(net, params, a, b, support, coarse, eps, base):
+  return net.apply(params, a, b) + _base(a, b, support, coarse, eps, base)
 
 
 def _predict_impl(net, params, a, b, support, coarse, eps, base):
@@ -206,9 +209,10 @@ class MetaTrainer:
   def step(self, state: TrainState, batch):
     a, b, support, coarse = batch
     geom = support_geometry(support)
-    loss_fn = lambda p: -jnp.mean(jax.vmap(lambda a, b: dual_value(
-        _potential(self.net, p, a, b, support, coarse, self.epsilon, self.base), a, b, geom,
-        self.epsilon))(a, b))
+    # The base carries no gradient: computed once per batch, outside the differentiated loss.
+    f0 = jax.vmap(lambda a, b: _base(a, b, support, coarse, self.epsilon, self.base))(a, b)
+    loss_fn = lambda p: -jnp.mean(jax.vmap(lambda a, b, f0: dual_value(
+        self.net.apply(p, a, b) + f0, a, b, geom, self.epsilon))(a, b, f0))
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return scheduled_adam(state, grads, self.learning_rate, 0), {
         "dual": -loss, "grad_norm": optax.global_norm(grads)}
