@@ -13,8 +13,8 @@ fields and digits (zeros 16-37, the Gaussian start 5-30). Where the coarse cells
 apart than ``sqrt(3 eps)`` (an 8 x 8 grid at eps 0.01, a 16 x 16 grid at eps 0.003) the coarse
 problem at ``eps`` cannot resolve the entropic blur (at eps 0.01 on 8 x 8 it was worse than
 the Gaussian start), so it is solved at the cells' squared spacing / 3 instead, a blurrier
-problem, and extended at ``eps`` (session 48: mean iterations to 1e-2 on 8 x 8 digits 26 ->
-11, random smooth fields 37 -> 18; on 8 x 8 mixtures at eps 0.003 23 -> 27). Of its
+problem, and extended at ``eps`` (session 48: mean iterations to 1e-2 on 8 x 8 digits 22.5 ->
+11.2, random smooth fields 31.4 -> 17.5; on 8 x 8 mixtures at eps 0.003 23.1 -> 26.6). Of its
 candidates (two coarse problems and the Gaussian start) it keeps the one with the smallest
 first marginal error. It is what a Meta OT network adds its correction to
 (``fit_meta(base="multiscale")``, the default).
