@@ -199,10 +199,11 @@ class Sinkhorn:
       axis 0 select this mode by themselves.
     axis_name: the mesh axis to split along (default: the mesh's only axis).
     init_check: with a warm start (``init``), also build the zeros start and keep whichever
-      has the smaller next marginal error (the zeros start, which has done its first iteration
-      in log-sum-exp form and counts it, then two error passes: about 3-5 iterations of work,
-      not counted in ``n_iters``): a warm start that is worse than zeros from the first
-      iteration on (a Meta OT prediction for a problem unlike its training set) is replaced.
+      has the smaller first marginal error (the warm start's against zeros' before the first
+      iteration that :meth:`init` does for them; the zeros start's log-sum-exp passes and one
+      error pass, not counted in ``n_iters``): a warm start that is worse than zeros from the
+      first iteration on (a Meta OT prediction for a problem unlike its training set) is
+      replaced.
       A NaN or inf warm start still ends the solve as ``diverged``.
   """
 
@@ -268,14 +269,14 @@ class Sinkhorn:
     ``diverged`` (no step changes it then).
 
     From zeros, the first iteration is done here in log-sum-exp form and counted (the state
-    starts at iteration 1, its error recorded), unless that iteration's error already meets
-    ``tol``. The loop's kernel sums are unstabilised, clipped to ``[1e-30, 1e30]``: a point
-    far from the other cloud (``C_ij / eps`` in the thousands) would otherwise start at
-    ``f_i = 0`` and climb ``69 eps`` per iteration, and over-relaxation then overshoots (NaN on
-    6 of 36 Gaussian problems at d = 2 and 8, eps 1e-3 x the mean cost, and on 7 of 8 with
-    three far-out points), or a few stuck rows add only ``1 / n`` each to the error and the
-    solve stops "converged" with a wrong cost. Where no first kernel sum is clipped, the two
-    starts give the same iterates.
+    starts at iteration 1, its error recorded and kept as ``err``), unless that iteration's
+    error already meets ``tol``. The loop's kernel sums are unstabilised, clipped to
+    ``[1e-30, 1e30]``: a point far from the other cloud (``C_ij / eps`` in the thousands)
+    would otherwise start at ``f_i = 0`` and climb ``69 eps`` per iteration, and over-relaxation
+    then overshoots (NaN on 6 of 36 Gaussian problems at d = 2 and 8, eps 1e-3 x the mean cost,
+    and on 7 of 8 with three far-out points), or a few stuck rows add only ``1 / n`` each to the
+    error and the solve stops "converged" with a wrong cost. Where no first kernel sum is
+    clipped, the two starts give the same iterates.
     """
     n, m = geom.shape
     dtype = geom.x.dtype
