@@ -163,14 +163,24 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
       saved = json.load(fh)
     if saved.get("fingerprint") == key:
       done = saved["choice"]
-  results, states = {}, {}
+  results, states, start_terms = {}, {}, {}
+
+  def gained(trainer, terms) -> bool:
+    """Whether the candidate's held-out dual gained clearly on its start's (computed only for
+    a candidate whose images are farther than the start's with its conjugate solved)."""
+    if trainer not in start_terms:
+      start_terms[trainer] = diagnostics.heldout_dual_terms(trainer, start(trainer).params,
+                                                            x_held, y_held)
+    return diagnostics.clearly_gained(*diagnostics.dual_gain(terms, start_terms[trainer])[1:])
+
   if done is None:
     for name, trainer in trainers.items():
       if name == RECOVERY and not results.get("mlp", {}).get("cut_off"):
         continue  # the restart runs only when the MLP's network was cut off
       state, hist = train_part(trainer, start(trainer), checkpoint=f"race-{name}.msgpack",
                                **_budget(steps, max_seconds))
-      fx, fcy, resid = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)[:3]
+      terms = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)
+      fx, fcy, resid = terms[:3]
       share, per = diagnostics.inactive_units(trainer, state.params["f"], x_held)
       push = diagnostics.push_distances(trainer, state.params["f"], start(trainer).params["f"],
                                         x_held, y_held)
@@ -179,14 +189,19 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
                        "steps": int(state.step),
                        "conj_residual": conjugate_residual(hist, x_held.shape[1]),
                        "push": push[0], "push_start": push[1],
-                       "push_worse": diagnostics.push_worse(
-                           *push, solved=diagnostics.solved(resid, x_held.shape[1]))}
+                       "push_worse": False}
+      is_solved = diagnostics.solved(resid, x_held.shape[1])
+      worse = diagnostics.push_worse(*push, solved=is_solved)
+      if worse and is_solved:  # a clear gain of the dual overrules the images (push_worse)
+        worse = diagnostics.push_worse(*push, solved=True, gained=gained(trainer, terms))
+      results[name]["push_worse"] = worse
       states[name] = (state, hist)
     # Passed over: a network cut off by inactive units, or images farther from the target than
     # the start's where the held-out conjugate is unsolved (the dual is then no yardstick:
     # probe lse-student at D = 32, the ICNN won a race by its dual and ended at 186 % forward
     # L2-UVP; where it is solved, images a little off a tenth into the run are common on
-    # candidates that go on to fit, e.g. the ICNN of held-out radial-student at D = 16).
+    # candidates that go on to fit, e.g. the ICNN of held-out radial-student at D = 16, and a
+    # clear gain of the dual overrules them: tune pair lse-box at D = 128, session 49).
     live = [n for n in results if not (results[n]["cut_off"] or results[n]["push_worse"])]
     best = min(live or list(results), key=lambda n: results[n]["dual"])
     kept = _keep_mlp(best, live, results, trainers, start, x_held, y_held)
