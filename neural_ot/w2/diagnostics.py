@@ -14,7 +14,9 @@
 * **The pushforward check** (no conjugate): the energy distance between the map's images of
   held-out source samples and held-out target samples, beside the Gaussian start's
   (:func:`push_distances`). The held-out dual's ``f*`` comes from a solve, and an unsolved
-  solve makes the dual look better than it is; the map's images need no solve.
+  solve makes the dual look better than it is; the map's images need no solve. Where the solve
+  converged and the dual gained clearly, the dual decides (:func:`push_worse`): the energy
+  distance weighs the moments the Gaussian start matches by construction.
 """
 
 from __future__ import annotations

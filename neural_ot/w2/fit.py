@@ -19,8 +19,9 @@ What ``fit_w2(source, target)`` does with no options:
 * measures the result on held-out samples (:mod:`neural_ot.w2.diagnostics`) and warns when it
   ended no better than its Gaussian start, with its network cut off by inactive units, or with
   its images of held-out source samples farther from the held-out targets than the start's
-  (an energy distance: no conjugate solve, which an unsolved one would flatter); in the last
-  case, and where the held-out dual is worse than the start's, the start is returned.
+  (an energy distance: no conjugate solve, which an unsolved one would flatter; where the
+  held-out conjugate is solved and the held-out dual gained clearly, the dual decides); in the
+  last case, and where the held-out dual is worse than the start's, the start is returned.
 """
 
 from __future__ import annotations
