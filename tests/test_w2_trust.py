@@ -288,6 +288,26 @@ def test_images_a_little_farther_are_flagged_only_where_the_conjugate_is_unsolve
   assert diagnostics.keep_start(diag((0.04, 0.01, 0.0005), solved, gain=1.0)) is None
 
 
+def test_dual_gain_is_the_paired_difference_of_the_held_out_duals():
+  """``dual_gain``: the start's dual, the gain and its paired standard error, against sums
+  written out by hand; ``clearly_gained`` at 5 standard errors; rows that do not pair are a
+  clear error."""
+  rng = np.random.default_rng(0)
+  fx0, fcy0 = rng.normal(size=50), rng.normal(size=40)
+  fx, fcy = fx0 - 0.3 + 0.1 * rng.normal(size=50), fcy0 - 0.2 + 0.1 * rng.normal(size=40)
+  start, gain, se = diagnostics.dual_gain((fx, fcy, None), (fx0, fcy0))
+  assert start == pytest.approx(sum(fx0) / 50 + sum(fcy0) / 40)
+  assert gain == pytest.approx(start - sum(fx) / 50 - sum(fcy) / 40)
+  var = lambda v: sum((v - v.mean()) ** 2) / len(v)
+  assert se == pytest.approx(np.sqrt(var(fx0 - fx) / 50 + var(fcy0 - fcy) / 40))
+  assert diagnostics.clearly_gained(gain, se) and not diagnostics.clearly_gained(gain, gain / 4)
+  assert not diagnostics.clearly_gained(float("nan"), se)
+  with pytest.raises(ValueError, match="f\\(x\\) terms .* same length"):
+    diagnostics.dual_gain((fx[:10], fcy), (fx0, fcy0))
+  with pytest.raises(ValueError, match="f\\*\\(y\\) terms"):
+    diagnostics.dual_gain((fx, fcy[:, None]), (fx0, fcy0))
+
+
 @pytest.mark.parametrize("icnn_solved", [False, True])
 def test_the_race_passes_over_a_lead_made_with_an_unsolved_conjugate(monkeypatch, icnn_solved):
   """The ICNN leads the race by its held-out dual with images 1.7x as far from the target as
@@ -415,6 +435,32 @@ def test_a_slim_icnn_win_keeps_the_mlp_where_it_is_the_default():
   assert not race.keeps_mlp(16, **clear)
   assert not race.keeps_mlp(2, **slim) and not race.keeps_mlp(128, **slim)  # ICNN's dims
   assert not race.keeps_mlp(16, start_dual=start, mlp_dual=start + 0.1, icnn_dual=start - 0.01)
+
+
+def test_the_race_records_a_slim_icnn_lead_and_keeps_the_mlp(monkeypatch):
+  """Through ``race.race`` at D = 16: the ICNN's race dual is the lower by a slim margin (gain
+  0.74 against the MLP's 0.64 on the start's 11.73, read from the start's held-out terms): the
+  MLP goes on, and the choice records the start's dual and the gain ratio."""
+  dim, n = 16, 64
+  x = np.zeros((n, dim))
+  tr = {"mlp": W2Trainer(potential="mlp", hidden=(4,), predictor_hidden=(4,)),
+        "icnn": W2Trainer(potential="icnn", hidden=(4,), predictor_hidden=(4,))}
+  trained = {"mlp": 11.73 - 0.64, "icnn": 11.73 - 0.74}
+
+  def terms(trainer, params, xh, yh):
+    dual = trained[trainer.potential] if "trained" in params else 11.73
+    return np.full(n, dual), np.zeros(n), np.zeros(n), np.zeros(n)
+
+  monkeypatch.setattr(diagnostics, "heldout_dual_terms", terms)
+  monkeypatch.setattr(diagnostics, "inactive_units", lambda *a: (0.0, (0.0,)))
+  monkeypatch.setattr(diagnostics, "push_distances", lambda *a: (0.01, 0.02, 0.001))
+  start = lambda t: t.init_state(jax.random.PRNGKey(0), dim, 10)
+  train = lambda t, s, **kw: (s._replace(params={**s.params, "trained": True}), [])
+  choice = race.race(tr, start, train, lambda name: None, lambda t: t.potential, x, x,
+                     steps=1000, max_seconds=None, resume=False, progress=False)[3]
+  assert choice["chosen"] == "mlp"
+  assert choice["mlp_kept"]["start_dual"] == pytest.approx(11.73)
+  assert choice["mlp_kept"]["gain_ratio"] == pytest.approx(0.74 / 0.64, rel=1e-5)
 
 
 @pytest.mark.slow  # > 17 s on 2 cores: in CI's slow run

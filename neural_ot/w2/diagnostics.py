@@ -235,6 +235,11 @@ def dual_gain(terms, start_terms) -> tuple[float, float, float]:
   and the gain's standard error (paired samples)."""
   fx, fcy = (np.asarray(v, np.float64) for v in terms[:2])
   fx0, fcy0 = (np.asarray(v, np.float64) for v in start_terms[:2])
+  for name, a, b in (("f(x)", fx, fx0), ("f*(y)", fcy, fcy0)):
+    if a.ndim != 1 or a.shape != b.shape or a.size < 2:
+      raise ValueError(f"dual_gain: the {name} terms of `terms` and `start_terms` must be "
+                       f"vectors of the same length >= 2 (the same held-out rows), got shapes "
+                       f"{a.shape} and {b.shape}.")
   start = float(fx0.mean() + fcy0.mean())
   se = float(np.sqrt(np.var(fx0 - fx) / len(fx) + np.var(fcy0 - fcy) / len(fcy)))
   return start, start - float(fx.mean() + fcy.mean()), se

@@ -117,14 +117,12 @@ def keeps_mlp(dim: int, start_dual: float, mlp_dual: float, icnn_dual: float) ->
               and gain_icnn < ICNN_GAIN_RATIO * gain_mlp)
 
 
-def _keep_mlp(best, live, results, trainers, start, x_held, y_held) -> dict | None:
+def _keep_mlp(best, live, results, trainers, start_terms, dim) -> dict | None:
   """``{"start_dual", "gain_ratio"}`` when the race keeps the MLP (:func:`keeps_mlp`), else
-  ``None``."""
-  dim = x_held.shape[1]
+  ``None``; ``start_terms(trainer)``: the start's held-out dual terms."""
   if best != "icnn" or "mlp" not in live or not MLP_DIMS[0] <= dim <= MLP_DIMS[1]:
     return None
-  mlp = trainers["mlp"]
-  fx, fcy = diagnostics.heldout_dual_terms(mlp, start(mlp).params, x_held, y_held)[:2]
+  fx, fcy = start_terms(trainers["mlp"])[:2]
   start_dual = float(jnp.mean(fx) + jnp.mean(fcy))
   m, i = results["mlp"]["dual"], results["icnn"]["dual"]
   if not keeps_mlp(dim, start_dual, m, i):
@@ -163,15 +161,13 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
       saved = json.load(fh)
     if saved.get("fingerprint") == key:
       done = saved["choice"]
-  results, states, start_terms = {}, {}, {}
+  results, states, held_starts = {}, {}, {}
 
-  def gained(trainer, terms) -> bool:
-    """Whether the candidate's held-out dual gained clearly on its start's (computed only for
-    a candidate whose images are farther than the start's with its conjugate solved)."""
-    if trainer not in start_terms:
-      start_terms[trainer] = diagnostics.heldout_dual_terms(trainer, start(trainer).params,
+  def start_terms(trainer):  # the start's held-out dual terms, once per trainer, when needed
+    if trainer not in held_starts:
+      held_starts[trainer] = diagnostics.heldout_dual_terms(trainer, start(trainer).params,
                                                             x_held, y_held)
-    return diagnostics.clearly_gained(*diagnostics.dual_gain(terms, start_terms[trainer])[1:])
+    return held_starts[trainer]
 
   if done is None:
     for name, trainer in trainers.items():
@@ -181,20 +177,21 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
                                **_budget(steps, max_seconds))
       terms = diagnostics.heldout_dual_terms(trainer, state.params, x_held, y_held)
       fx, fcy, resid = terms[:3]
+      is_solved = diagnostics.solved(resid, x_held.shape[1])
       share, per = diagnostics.inactive_units(trainer, state.params["f"], x_held)
       push = diagnostics.push_distances(trainer, state.params["f"], start(trainer).params["f"],
                                         x_held, y_held)
+      worse = diagnostics.push_worse(*push, solved=is_solved)
+      if worse and is_solved:  # the start's dual is needed only here (push_worse's `gained`)
+        gain, se = diagnostics.dual_gain(terms, start_terms(trainer))[1:]
+        worse = diagnostics.push_worse(*push, solved=True,
+                                       gained=diagnostics.clearly_gained(gain, se))
       results[name] = {"dual": float(jnp.mean(fx) + jnp.mean(fcy)), "inactive_share": share,
                        "cut_off": diagnostics.cut_off(share, per) and not trainer.leak,
                        "steps": int(state.step),
                        "conj_residual": conjugate_residual(hist, x_held.shape[1]),
                        "push": push[0], "push_start": push[1],
-                       "push_worse": False}
-      is_solved = diagnostics.solved(resid, x_held.shape[1])
-      worse = diagnostics.push_worse(*push, solved=is_solved)
-      if worse and is_solved:  # a clear gain of the dual overrules the images (push_worse)
-        worse = diagnostics.push_worse(*push, solved=True, gained=gained(trainer, terms))
-      results[name]["push_worse"] = worse
+                       "push_worse": worse}
       states[name] = (state, hist)
     # Passed over: a network cut off by inactive units, or images farther from the target than
     # the start's where the held-out conjugate is unsolved (the dual is then no yardstick:
@@ -204,7 +201,7 @@ def race(trainers: dict, start: Callable, train_part: Callable, ckpt: Callable,
     # clear gain of the dual overrules them: tune pair lse-box at D = 128, session 49).
     live = [n for n in results if not (results[n]["cut_off"] or results[n]["push_worse"])]
     best = min(live or list(results), key=lambda n: results[n]["dual"])
-    kept = _keep_mlp(best, live, results, trainers, start, x_held, y_held)
+    kept = _keep_mlp(best, live, results, trainers, start_terms, x_held.shape[1])
     best = "mlp" if kept else best
     done = {"candidates": results, "chosen": best}
     if kept:
